@@ -194,3 +194,16 @@ def initrd_base(kernel_end: int) -> int:
 def dtb_base(kernel_end: int) -> int:
     """Where the device tree goes for a kernel whose image ends at ``kernel_end``."""
     return align_down(kernel_end + DTB_GAP, DTB_ALIGN)
+
+
+def ima_size(end: int) -> int:
+    """Size of the boot CPU's initial mapped area: the smallest Book E TLB size (1 KiB * 4^n)
+    that covers ``[0, end)`` — the rule QEMU's ppce500 uses, so kernels see the same r7."""
+    size = 1 * KiB
+    while size < end:
+        size *= 4
+    return size
+
+
+#: r1 for the boot CPU in direct boot (QEMU ppce500 uses 16 MiB - 8: a usable initial stack).
+DIRECT_BOOT_STACK: Final = 16 * MiB - 8

@@ -1,0 +1,581 @@
+"""The fwcfg-e500 board: RAM, boot ROM, fw_cfg, the hypercall device and N e500v2 CPUs.
+
+``E500Machine`` wires the pieces at the addresses of ``machine/platform.py`` and owns their
+lifetime.  Everything is checked and loaded when the machine is *built* (bad host input raises
+:class:`fwcfg.ConfigError` before any guest code runs); :meth:`E500Machine.run` then powers it
+on inside one trio nursery:
+
+* one task per CPU drives its :class:`~machine.vcpu.VCpu`: run a slice, act on how it ended
+  (park, power off, reset, fault), repeat.  A parked CPU is a task awaiting an ``Event`` and a
+  worker thread blocked on a condition: zero host CPU.
+* one task advances every running CPU's timebase at least every millisecond (unicorn's does not
+  tick) and sleeps when no CPU runs.
+
+The run ends on FW_POWEROFF (its code is the result), on a guest fault, on the timeout, or when
+the caller cancels; in every case all CPUs are stopped before ``run`` returns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from fwcfg import ConfigError, FwCfgOption
+from machine import boot, hypercalls
+from machine.console import Console
+from machine.eventhub import EventHub
+from machine.events import (
+    CpuParked,
+    CpuReleased,
+    CpuStarted,
+    CpuWoken,
+    Event,
+    FwCfgDma,
+    FwCfgSelect,
+    GuestFault,
+    Hypercall,
+    ParkReason,
+    PowerOff,
+    Reset,
+)
+from machine.hypercalls import Park, PowerOffRequest
+from machine.memory import GuestRAM
+from machine.platform import (
+    CLOCK_HZ,
+    DEFAULT_RAM_SIZE,
+    DIRECT_BOOT_STACK,
+    EPAPR_MAGIC,
+    FWCFG_SIZE,
+    MAX_CPUS,
+    MAX_RAM_SIZE,
+    MIN_CPUS,
+    MIN_RAM_SIZE,
+    PAGE_SIZE,
+    RAM_ALIGN,
+    ROM_SIZE,
+    SECONDARY_IMA_SIZE,
+    SPIN_ENTRY_ADDR_LO,
+    SPIN_ENTRY_SIZE,
+    SPIN_HOLD,
+    TIMEBASE_HZ,
+    TIMEBASE_TICK_S,
+    EvStatus,
+    SpinEntry,
+    ima_size,
+    spin_entry_addr,
+    spin_table_base,
+)
+from machine.vcpu import Exit, ExitKind, Fault, VCpu
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """Everything that defines a machine; validated by :class:`E500Machine`."""
+
+    ram_size: int = DEFAULT_RAM_SIZE
+    smp: int = 1
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str = ""
+    dtb: Path | None = None
+    bios: Path | None = None  # None: the bundled firmware
+    fw_cfg: Sequence[FwCfgOption] = ()
+    direct: bool = False
+    uuid: str | None = None
+    fwcfg_dma: bool = True
+
+
+class _Slot:
+    """Per-CPU bookkeeping owned by the trio side."""
+
+    def __init__(self, cpu: VCpu) -> None:
+        self.cpu = cpu
+        self.parked: ParkReason | None = None
+        self.wake = trio.Event()
+        self.release: tuple[int, int] | None = None  # latched (entry, r3)
+        self.generation = 0
+        self.lot = trio.lowlevel.ParkingLot()
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    code: int
+    reason: str
+    fault: GuestFault | None = None
+    events: list[Event] = field(default_factory=list)
+
+
+class MachineStopped(Exception):
+    """Internal: unwinds the CPU tasks when the machine powers off, faults or resets."""
+
+
+class E500Machine:
+    """A configured machine, ready to :meth:`run`.
+
+    Build errors (bad sizes, unreadable or foreign files, a corrupt device tree) raise
+    :class:`fwcfg.ConfigError` from the constructor, before any guest code runs.
+    """
+
+    def __init__(self, config: MachineConfig | None = None, **kwargs: Any) -> None:
+        if config is None:
+            config = MachineConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either a MachineConfig or keyword arguments, not both")
+        self.config = config
+        _check_config(config)
+        self.n_cpus = config.smp
+        self.ram_size = config.ram_size
+        self.console = Console()
+        self.events = EventHub()
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic_ns()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop_result: RunResult | None = None
+        self._stop_event: trio.Event | None = None
+        self._reset_requested = False
+        self._running_count = 0
+        self._tick_wakeup: trio.Event | None = None
+
+        self.images = boot.load_images(config)
+        self._rom_map = mmap.mmap(-1, ROM_SIZE)
+        self._rom_map[:] = self.images.rom
+        self._rom_anchor = ctypes.c_char.from_buffer(self._rom_map)
+        self.ram = GuestRAM(config.ram_size)
+        from machine.watch import StoreWatch
+
+        self.watch = StoreWatch(self.ram)
+        self.fwcfg, self._mmio = boot.build_fwcfg(config, self.images, self.ram)
+        self.cpus = [
+            VCpu(i, self.ram, ctypes.addressof(self._rom_anchor), _Host(self))
+            for i in range(self.n_cpus)
+        ]
+        self._slots = [_Slot(cpu) for cpu in self.cpus]
+        spin_page = spin_table_base(self.ram_size)
+        for cpu in self.cpus:
+            cpu.watch_page(spin_page)
+
+    # --- public ----------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """Seconds since power-on."""
+        return (time.monotonic_ns() - self._t0) / 1e9
+
+    async def run(self, *, timeout: float | None = None,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> RunResult:
+        """Power on and run until power-off, a guest fault, ``timeout`` or cancellation.
+
+        Returns how it ended; the CPUs are stopped in every case.  Usable with
+        ``nursery.start(machine.run)``: it reports started once every CPU task is running.
+        """
+        self._token = trio.lowlevel.current_trio_token()
+        self.console.attach(self._token, self._wake_idle_on_input)
+        self.events.attach(self._token)
+        started = False
+        try:
+            with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
+                while True:
+                    self._stop_result = None
+                    self._stop_event = trio.Event()
+                    if self.config.direct:
+                        boot.load_direct(self.images, self.ram)
+                    async with trio.open_nursery() as nursery:
+                        for slot in self._slots:
+                            await nursery.start(self._cpu_main, slot)
+                        nursery.start_soon(self._ticker)
+                        if not started:
+                            started = True
+                            task_status.started()
+                        await self._stop_event.wait()
+                        nursery.cancel_scope.cancel()
+                    if self._reset_requested:
+                        self._reset_requested = False
+                        self._power_on_reset()
+                        continue
+                    break
+            if scope.cancelled_caught:
+                where = "; ".join(_where(s.cpu) for s in self._slots)
+                self._stop_result = RunResult(
+                    code=124, reason=f"timeout after {timeout:g} s: {where}"
+                )
+                self.events.emit(PowerOff(time=self.now(), code=124,
+                                          reason=self._stop_result.reason))
+        finally:
+            self.console.flush()
+            self.events.flush()
+            if not started:
+                task_status.started()
+        assert self._stop_result is not None
+        return self._stop_result
+
+    def close(self) -> None:
+        """Release host resources (worker threads).  The machine cannot run afterwards."""
+        for cpu in self.cpus:
+            cpu.close()
+
+    def stop(self, code: int = 0, reason: str = "stopped by the host") -> None:
+        """Ask a running machine to power off (trio thread)."""
+        self._finish(RunResult(code=code, reason=reason))
+
+    # --- the CPU tasks ---------------------------------------------------------------------
+
+    async def _cpu_main(self, slot: _Slot,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cpu = slot.cpu
+        pc = self._power_on_state(slot)
+        task_status.started()
+        try:
+            if pc is None:
+                pc = await self._spin_table_park(slot)
+            self.events.emit(CpuStarted(time=self.now(), cpu=cpu.index, pc=pc))
+            while True:
+                self._set_running(+1)
+                try:
+                    cpu.set_timebase(self._ticks())
+                    exit_ = await cpu.run(pc)
+                finally:
+                    self._set_running(-1)
+                    slot.generation += 1
+                    slot.lot.unpark_all()
+                pc = exit_.pc
+                if exit_.kind is ExitKind.KICKED:
+                    continue
+                if exit_.kind is ExitKind.PARK:
+                    pc = await self._park(slot, exit_.request, pc)
+                elif exit_.kind is ExitKind.POWEROFF:
+                    req: PowerOffRequest = exit_.request
+                    self._finish(RunResult(code=req.code & 0xFFFF_FFFF,
+                                           reason=f"FW_POWEROFF by cpu {cpu.index}"))
+                    return
+                elif exit_.kind is ExitKind.RESET:
+                    self.events.emit(Reset(time=self.now(), cpu=cpu.index))
+                    self._reset_requested = True
+                    self._finish(RunResult(code=0, reason="reset"))
+                    return
+                else:
+                    self._fault(slot, exit_)
+                    return
+        finally:
+            slot.parked = None
+
+    def _power_on_state(self, slot: _Slot) -> int | None:
+        """Registers at power-on; returns the start PC, or None for a CPU the machine parks on
+        its spin-table entry (direct boot secondaries)."""
+        cpu, i = slot.cpu, slot.cpu.index
+        cpu.set_msr(0)
+        cpu.set_gprs(dict.fromkeys(range(32), 0))
+        if not self.config.direct:
+            cpu.set_gpr(3, i)
+            return self.images.firmware_entry
+        if i == 0:
+            kernel = self.images.kernel
+            assert kernel is not None
+            cpu.set_gprs({1: DIRECT_BOOT_STACK, 3: self.images.dtb_addr, 6: EPAPR_MAGIC,
+                          7: ima_size(self.images.dtb_addr + len(self.images.fdt))})
+            return kernel.entry
+        entry = spin_entry_addr(self.ram_size, i)
+        self.ram.write(entry, SpinEntry.build(dict(entry_addr=SPIN_HOLD, r3=i, reserved=0,
+                                                    pir=i, pad=bytes(8))))
+        return None
+
+    async def _spin_table_park(self, slot: _Slot) -> int:
+        """Hold a CPU on its spin-table entry until a store clears bit 0 of entry_addr."""
+        i = slot.cpu.index
+        entry = spin_entry_addr(self.ram_size, i)
+        word = entry + SPIN_ENTRY_ADDR_LO
+        first = True
+        while True:
+            value = self.ram.read_u32(word)
+            if not value & SPIN_HOLD:
+                break
+            woke = await self._wait_word(slot, word, value, ParkReason.SPIN_TABLE,
+                                         pc=0, announce=first)
+            first = False
+            if woke == "release":
+                pc = self._take_release(slot)
+                assert pc is not None
+                return pc
+        fields = SpinEntry.parse(self.ram.read(entry, SPIN_ENTRY_SIZE))
+        r3 = fields.r3 & 0xFFFF_FFFF
+        target = fields.entry_addr & 0xFFFF_FFFF
+        slot.cpu.set_gprs({3: r3, 4: 0, 5: 0, 6: 0, 7: SECONDARY_IMA_SIZE, 8: 0, 9: 0})
+        self.events.emit(CpuReleased(time=self.now(), cpu=i, entry=target, r3=r3,
+                                     by="spin-table"))
+        return target
+
+    async def _park(self, slot: _Slot, req: Park, pc: int) -> int:
+        """Park a CPU for EV_IDLE or FW_WAIT_STORE; returns where it resumes."""
+        released = self._take_release(slot)
+        if released is not None:
+            return released
+        if req.reason is ParkReason.IDLE:
+            woke = await self._wait_event(slot, ParkReason.IDLE, pc)
+            if woke == "release":
+                released = self._take_release(slot)
+                if released is not None:
+                    return released
+            return pc
+        assert req.address is not None and req.expected is not None
+        woke = await self._wait_word(slot, req.address, req.expected, ParkReason.WAIT_STORE,
+                                     pc=pc, announce=True)
+        if woke == "release":
+            released = self._take_release(slot)
+            if released is not None:
+                return released
+        slot.cpu.set_gprs({3: int(EvStatus.SUCCESS), 4: self.ram.read_u32(req.address)})
+        return pc
+
+    async def _wait_event(self, slot: _Slot, reason: ParkReason, pc: int) -> str:
+        slot.wake = trio.Event()
+        slot.parked = reason
+        slot.lot.unpark_all()
+        self.events.emit(CpuParked(time=self.now(), cpu=slot.cpu.index, reason=reason, pc=pc))
+        try:
+            if slot.release is not None:
+                return "release"
+            await slot.wake.wait()
+        finally:
+            slot.parked = None
+        by = "release" if slot.release is not None else "console"
+        self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index, by=by))
+        return by
+
+    async def _wait_word(self, slot: _Slot, word: int, expected: int, reason: ParkReason,
+                         pc: int, announce: bool) -> str:
+        """Park until the word at ``word`` differs from ``expected`` (or a release comes)."""
+        ev = trio.Event()
+        slot.wake = ev
+        token = self._token
+        assert token is not None
+
+        def wake(_value: int) -> None:
+            try:
+                token.run_sync_soon(ev.set)
+            except trio.RunFinishedError:
+                pass
+
+        waiter = self.watch.arm(word, expected, wake)
+        try:
+            await self._watch_everywhere(word & ~(PAGE_SIZE - 1), slot)
+            if self.watch.recheck(waiter) is not None:
+                return "store"
+            if slot.release is not None:
+                return "release"
+            slot.parked = reason
+            slot.lot.unpark_all()
+            if announce:
+                self.events.emit(CpuParked(time=self.now(), cpu=slot.cpu.index, reason=reason,
+                                           pc=pc, address=word))
+            await ev.wait()
+        finally:
+            slot.parked = None
+            self.watch.disarm(waiter)
+        by = "store" if waiter.fired else "release"
+        self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index, by=by))
+        return by
+
+    async def _watch_everywhere(self, page: int, me: _Slot) -> None:
+        """Make stores to ``page`` visible from every CPU before the caller re-reads its word.
+
+        CPUs that are parked, or the caller itself, pick the protection up before their next
+        slice.  A running CPU is kicked, and we wait until its current slice has ended: its
+        next one starts with the page protected."""
+        for slot in self._slots:
+            if slot.cpu.watch_page(page) or slot is me:
+                continue
+            gen = slot.generation
+            while slot.parked is None and slot.generation == gen:
+                slot.cpu.kick()
+                await slot.lot.park()
+
+    def _take_release(self, slot: _Slot) -> int | None:
+        with self._lock:
+            rel, slot.release = slot.release, None
+        if rel is None:
+            return None
+        entry, r3 = rel
+        slot.cpu.set_gprs({3: r3, 4: 0, 5: 0, 6: 0, 7: SECONDARY_IMA_SIZE, 8: 0, 9: 0})
+        self.events.emit(CpuReleased(time=self.now(), cpu=slot.cpu.index, entry=entry, r3=r3,
+                                     by="FW_CPU_RELEASE"))
+        return entry
+
+    def release(self, caller: int, target: int, entry: int, r3: int) -> EvStatus:
+        """FW_CPU_RELEASE (worker thread): latch a release and wake the target if parked."""
+        if not 0 <= target < self.n_cpus or target == caller:
+            return EvStatus.EINVAL
+        slot = self._slots[target]
+        with self._lock:
+            if slot.release is not None:
+                return EvStatus.INVALID_STATE
+            slot.release = (entry & 0xFFFF_FFFF, r3 & 0xFFFF_FFFF)
+        token = self._token
+        if token is not None:
+            try:
+                token.run_sync_soon(lambda: slot.wake.set())
+            except trio.RunFinishedError:
+                pass
+        return EvStatus.SUCCESS
+
+    def _wake_idle_on_input(self) -> None:
+        def wake() -> None:
+            for slot in self._slots:
+                if slot.parked is ParkReason.IDLE:
+                    slot.wake.set()
+
+        if self._token is not None:
+            self._token.run_sync_soon(wake)
+
+    def _fault(self, slot: _Slot, exit_: Exit) -> None:
+        f: Fault = exit_.request
+        state = slot.cpu.snapshot()
+        ev = GuestFault(time=self.now(), cpu=slot.cpu.index, kind=f.kind, pc=f.pc,
+                        address=f.address, state=state)
+        self.events.emit(ev)
+        self._finish(RunResult(code=125, reason=ev.describe() + "\n" + state.describe(),
+                               fault=ev))
+
+    def _finish(self, result: RunResult) -> None:
+        if self._stop_result is None:
+            self._stop_result = result
+            if result.reason != "reset":
+                self.events.emit(PowerOff(time=self.now(), code=result.code,
+                                          reason=result.reason))
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    # --- time ------------------------------------------------------------------------------
+
+    def _ticks(self) -> int:
+        return (time.monotonic_ns() - self._t0) * (TIMEBASE_HZ // 1_000_000) // 1000
+
+    def _set_running(self, delta: int) -> None:
+        self._running_count += delta
+        if self._running_count > 0 and self._tick_wakeup is not None:
+            self._tick_wakeup.set()
+
+    async def _ticker(self) -> None:
+        """Advance the timebase of running CPUs at least every millisecond; sleep otherwise."""
+        while True:
+            if self._running_count == 0:
+                self._tick_wakeup = trio.Event()
+                await self._tick_wakeup.wait()
+                self._tick_wakeup = None
+            ticks = self._ticks()
+            for slot in self._slots:
+                if slot.parked is None:
+                    slot.cpu.set_timebase(ticks)
+            await trio.sleep(TIMEBASE_TICK_S)
+
+    def _power_on_reset(self) -> None:
+        """FW_RESET: RAM back to zeros, devices to their reset state, CPUs to power-on."""
+        self.ram.zero()
+        self.fwcfg.reset()
+        for slot in self._slots:
+            slot.release = None
+            slot.parked = None
+
+    # --- hooks from the vCPUs (worker threads) ---------------------------------------------
+
+    def _mmio_read(self, cpu: VCpu, offset: int, size: int) -> int:
+        if offset >= FWCFG_SIZE:
+            return 0
+        return int(self._mmio.read(offset, size))
+
+    def _mmio_write(self, cpu: VCpu, offset: int, size: int, value: int) -> None:
+        if offset >= FWCFG_SIZE:
+            return
+        events = self._mmio.write(offset, size, value)
+        if events and self.events.active:
+            now = self.now()
+            for e in events:
+                self.events.emit(_fwcfg_event(e, cpu.index, now))
+
+
+def _fwcfg_event(e: Any, cpu: int, now: float) -> Event:
+    if hasattr(e, "control"):
+        return FwCfgDma(time=now, cpu=cpu, key=e.key, name=e.name, op=str(e.op),
+                        offset=e.offset, length=e.length, address=e.address, error=e.error)
+    return FwCfgSelect(time=now, cpu=cpu, key=e.key, name=e.name)
+
+
+def _where(cpu: VCpu) -> str:
+    return f"cpu {cpu.index} at pc {cpu.pc:#010x}"
+
+
+class _Host:
+    """The machine as seen by a vCPU's hooks (see :class:`machine.vcpu.Host`)."""
+
+    def __init__(self, m: E500Machine) -> None:
+        self._m = m
+        self._svc = _Services(m)
+
+    def mmio_read(self, cpu: VCpu, offset: int, size: int) -> int:
+        return self._m._mmio_read(cpu, offset, size)
+
+    def mmio_write(self, cpu: VCpu, offset: int, size: int, value: int) -> None:
+        self._m._mmio_write(cpu, offset, size, value)
+
+    def hypercall(self, cpu: VCpu) -> Exit | None:
+        return hypercalls.dispatch(self._svc, cpu, self._m.events.active)
+
+    def stored(self, cpu: VCpu, addr: int, size: int) -> None:
+        self._m.watch.stored(addr, size)
+
+
+class _Services:
+    """What the hypercall handlers see of the machine (see :class:`hypercalls.Services`)."""
+
+    def __init__(self, m: E500Machine) -> None:
+        self._m = m
+
+    def console_send(self, cpu: int, data: bytes) -> bool:
+        return self._m.console.send(cpu, data)
+
+    def console_receive(self, max_count: int) -> bytes:
+        return self._m.console.receive(max_count)
+
+    def console_poll(self) -> tuple[int, int]:
+        return self._m.console.poll()
+
+    def release(self, caller: int, target: int, entry: int, r3: int) -> EvStatus:
+        return self._m.release(caller, target, entry, r3)
+
+    def now_ns(self) -> int:
+        return time.monotonic_ns() - self._m._t0
+
+    def hypercall_event(self, event: Hypercall) -> None:
+        self._m.events.emit(event)
+
+    def event_time(self) -> float:
+        return self._m.now()
+
+    def ram_contains(self, addr: int, size: int) -> bool:
+        return self._m.ram.contains(addr, size)
+
+
+def _check_config(c: MachineConfig) -> None:
+    if not MIN_CPUS <= c.smp <= MAX_CPUS:
+        raise ConfigError(f"-smp {c.smp}: the machine has {MIN_CPUS} to {MAX_CPUS} CPUs")
+    if c.ram_size % RAM_ALIGN or not MIN_RAM_SIZE <= c.ram_size <= MAX_RAM_SIZE:
+        raise ConfigError(
+            f"-m {c.ram_size // (1 << 20)}M ({c.ram_size:#x} bytes): RAM must be a multiple of "
+            f"4 KiB between {MIN_RAM_SIZE >> 20} MiB and {MAX_RAM_SIZE >> 20} MiB"
+        )
+    if c.direct and c.kernel is None:
+        raise ConfigError("--direct needs -kernel: there is no firmware to load one")
+    if c.uuid is not None:
+        try:
+            uuidlib.UUID(c.uuid)
+        except ValueError:
+            raise ConfigError(f"-uuid {c.uuid!r} is not a UUID") from None
+    _ = CLOCK_HZ  # the clock frequencies reach the guest through boot.build_fwcfg

@@ -1,0 +1,123 @@
+"""The loading half of the board: images, the device tree and the fw_cfg items.
+
+Everything here runs once, when a machine is built, and raises :class:`fwcfg.ConfigError` for
+bad host input.  Kept apart from :mod:`machine.board` (which is about running CPUs) so each
+module holds one concern: what the guest is given vs. how the guest runs.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fwcfg import ConfigError, FwCfg, Key, MmioWide, PpcKey
+from machine import devicetree, loader
+from machine.memory import GuestRAM
+from machine.platform import BUS_HZ, CLOCK_HZ, FDT_FILE_NAME, TIMEBASE_HZ
+
+if TYPE_CHECKING:
+    from machine.board import MachineConfig
+
+
+@dataclass(frozen=True)
+class BootImages:
+    """What the machine hands the guest, loaded and placed."""
+
+    rom: bytes
+    firmware_entry: int
+    kernel: loader.KernelImage | None
+    initrd: loader.InitrdImage | None
+    fdt: bytes
+    dtb_addr: int
+    cmdline: str
+
+
+def default_firmware() -> Path:
+    from machine.guest import FIRMWARE_ELF
+
+    return Path(FIRMWARE_ELF)
+
+
+def load_images(config: MachineConfig) -> BootImages:
+    bios = config.bios if config.bios is not None else default_firmware()
+    firmware = loader.load_firmware(bios)
+    kernel = loader.load_kernel(config.kernel, config.ram_size) if config.kernel else None
+    if config.initrd is not None and kernel is None:
+        raise ConfigError("-initrd needs -kernel: the initrd is placed after the kernel")
+    kernel_end = kernel.end if kernel is not None else 0
+    initrd = (
+        loader.load_initrd(config.initrd, config.ram_size, kernel_end)
+        if config.initrd is not None
+        else None
+    )
+    tree = devicetree.TreeConfig(
+        ram_size=config.ram_size,
+        n_cpus=config.smp,
+        bootargs=config.append,
+        initrd=(initrd.addr, initrd.end) if initrd is not None else None,
+    )
+    if config.dtb is not None:
+        try:
+            blob = Path(config.dtb).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"-dtb {config.dtb}: cannot read it ({e.strerror})") from None
+        fdt = devicetree.fixup_user_dtb(blob, tree, source=f"-dtb {config.dtb}")
+    else:
+        fdt = devicetree.build_fdt(tree)
+    dtb_addr = 0
+    if kernel is not None:
+        layout = loader.plan_layout(kernel, initrd, len(fdt), config.ram_size)
+        dtb_addr = layout.dtb.start
+    return BootImages(
+        rom=firmware.rom,
+        firmware_entry=firmware.entry,
+        kernel=kernel,
+        initrd=initrd,
+        fdt=fdt,
+        dtb_addr=dtb_addr,
+        cmdline=config.append,
+    )
+
+
+def build_fwcfg(config: MachineConfig, images: BootImages, ram: GuestRAM) -> tuple[FwCfg, MmioWide]:
+    """The fw_cfg device with every item of PLATFORM.md, and its MMIO front end."""
+    dev = FwCfg(ram, dma_enabled=config.fwcfg_dma)
+    uuid = uuidlib.UUID(config.uuid).bytes if config.uuid else bytes(16)
+    dev.add_bytes(Key.UUID, uuid)
+    dev.add_u64(Key.RAM_SIZE, config.ram_size)
+    dev.add_u16(Key.NB_CPUS, config.smp)
+    dev.add_u16(Key.MAX_CPUS, config.smp)
+    dev.add_u16(Key.NOGRAPHIC, 1)
+    k = images.kernel
+    dev.add_u32(Key.KERNEL_ADDR, k.load_addr if k else 0)
+    dev.add_u32(Key.KERNEL_SIZE, k.size if k else 0)
+    dev.add_u32(Key.KERNEL_ENTRY, k.entry if k else 0)
+    dev.add_bytes(Key.KERNEL_DATA, k.data if k else b"")
+    i = images.initrd
+    dev.add_u32(Key.INITRD_ADDR, i.addr if i else 0)
+    dev.add_u32(Key.INITRD_SIZE, i.size if i else 0)
+    dev.add_bytes(Key.INITRD_DATA, i.data if i else b"")
+    cmdline = images.cmdline.encode() + b"\0"
+    dev.add_u32(Key.CMDLINE_SIZE, len(cmdline))
+    dev.add_bytes(Key.CMDLINE_DATA, cmdline)
+    dev.add_u32(PpcKey.TBFREQ, TIMEBASE_HZ)
+    dev.add_u32(PpcKey.CLOCKFREQ, CLOCK_HZ)
+    dev.add_u32(PpcKey.BUSFREQ, BUS_HZ)
+    dev.add_u32(PpcKey.IS_KVM, 0)
+    dev.add_file(FDT_FILE_NAME, images.fdt)
+    from fwcfg import apply_fw_cfg_options
+
+    apply_fw_cfg_options(dev, list(config.fw_cfg))
+    return dev, MmioWide(dev)
+
+
+def load_direct(images: BootImages, ram: GuestRAM) -> None:
+    """Direct boot (``--direct``): put kernel, initrd and device tree in RAM as QEMU does."""
+    k = images.kernel
+    assert k is not None
+    ram.write(k.load_addr, k.data)
+    if images.initrd is not None:
+        ram.write(images.initrd.addr, images.initrd.data)
+    ram.write(images.dtb_addr, images.fdt)

@@ -1,0 +1,422 @@
+"""One e500v2 CPU: a unicorn instance, the worker thread that runs it, and its trio face.
+
+Why a dedicated worker thread per CPU, and not ``trio.to_thread.run_sync``: a slice of guest code
+runs until something needs trio (a hypercall that parks, power-off, a fault, a debugger), which
+may be never.  Cancelling such a call needs ``emu_stop`` from outside, and the answer must come
+back to the exact task that asked.  :meth:`VCpu.run` hands the slice to the worker and parks the
+task with :func:`trio.lowlevel.wait_task_rescheduled`; its abort function stops the engine and
+lets the worker finish, so a cancelled machine never leaves a CPU running (the cancellation is
+delivered once the slice has really ended).
+
+Everything that happens *inside* a slice runs on the worker thread, in unicorn hooks: MMIO,
+non-blocking hypercalls (console output, time), stores to watched pages.  Those paths take the
+GIL briefly and never touch trio except through ``TrioToken.run_sync_soon``.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import outcome
+import trio
+from unicorn import (
+    UC_ERR_FETCH_UNMAPPED,
+    UC_ERR_READ_UNMAPPED,
+    UC_ERR_WRITE_UNMAPPED,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE_PROT,
+    UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_READ_UNMAPPED,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UcError,
+)
+from unicorn.ppc_const import (
+    UC_PPC_REG_0,
+    UC_PPC_REG_CR,
+    UC_PPC_REG_CTR,
+    UC_PPC_REG_LR,
+    UC_PPC_REG_MSR,
+    UC_PPC_REG_PC,
+    UC_PPC_REG_XER,
+)
+
+from machine.events import CpuState, FaultKind
+from machine.memory import GuestRAM
+from machine.platform import (
+    FWCFG_BASE,
+    HCALL_INSN,
+    PAGE_SIZE,
+    ROM_BASE,
+    ROM_SIZE,
+    SC_LEV0_INSN,
+    SPR_PIR,
+    SPR_SRR0,
+    SPR_SRR1,
+)
+from machine.ucenv import SprAccess, new_e500
+
+#: emu_start's "until" address: odd, so no instruction fetch ever reaches it.
+_RUN_FOREVER = 0xFFFF_FFFF
+_SPR_IVPR = 63
+_SPR_IVOR8 = 408
+_MSR_KEEP_ON_INTERRUPT = 0x0002_1200  # CE | ME | DE survive interrupt entry (Book E)
+_INTNO_SC = 8
+_INTNO_PROGRAM = 6
+_INTNO_ILLEGAL = 96
+
+
+class ExitKind(enum.Enum):
+    """Why a slice of guest execution ended."""
+
+    KICKED = "kicked"  # the machine stopped the CPU (pause, shutdown, debugger)
+    PARK = "park"  # a hypercall asked to park the CPU
+    POWEROFF = "poweroff"
+    RESET = "reset"
+    FAULT = "fault"
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """The end of one :meth:`VCpu.run` slice; ``pc`` is where execution resumes."""
+
+    kind: ExitKind
+    pc: int
+    request: Any = None  # the hypercall's park request, the power-off code, or the fault
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    kind: FaultKind
+    pc: int
+    address: int | None
+
+
+class Host(Protocol):
+    """What a CPU needs from the machine while it runs (all called on the worker thread)."""
+
+    def mmio_read(self, cpu: VCpu, offset: int, size: int) -> int: ...
+
+    def mmio_write(self, cpu: VCpu, offset: int, size: int, value: int) -> None: ...
+
+    def hypercall(self, cpu: VCpu) -> Exit | None:
+        """Handle ``sc 1``; return an Exit to end the slice, or None to continue."""
+        ...
+
+    def stored(self, cpu: VCpu, addr: int, size: int) -> None:
+        """A store into a watched page completed."""
+        ...
+
+
+class _Worker:
+    """A thread that runs one job at a time and reports the outcome through a callback."""
+
+    def __init__(self, name: str) -> None:
+        self._cv = threading.Condition()
+        self._job: tuple[Callable[[], Any], Callable[[outcome.Outcome], None]] | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], Any], done: Callable[[outcome.Outcome], None]) -> None:
+        with self._cv:
+            assert self._job is None, "a vCPU runs one slice at a time"
+            self._job = (fn, done)
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while self._job is None and not self._closed:
+                    self._cv.wait()
+                if self._job is None:
+                    return
+                fn, done = self._job
+                self._job = None
+            done(outcome.capture(fn))
+
+
+@dataclass
+class _Watched:
+    pages: set[int] = field(default_factory=set)
+    pending: set[int] = field(default_factory=set)
+
+
+class VCpu:
+    """One e500v2 core sharing the machine's RAM.
+
+    Construction maps RAM (shared host pages), the boot ROM (read-only, writes ignored), the
+    fw_cfg MMIO window and the hooks; it does not run anything.  The trio side calls
+    :meth:`run`; other tasks may call :meth:`kick` to make a running slice end.
+    """
+
+    def __init__(self, index: int, ram: GuestRAM, rom_address: int, host: Host) -> None:
+        self.index = index
+        self.ram = ram
+        self.host = host
+        self.uc = uc = new_e500()
+        self.sprs = SprAccess(uc)
+        self.sprs.write(SPR_PIR, index)
+        uc.mem_map_ptr(ram.base, ram.size, UC_PROT_ALL, ram.address)
+        uc.mem_map_ptr(ROM_BASE, ROM_SIZE, UC_PROT_READ | UC_PROT_EXEC, rom_address)
+        uc.mmio_map(FWCFG_BASE, PAGE_SIZE, self._mmio_read, None, self._mmio_write, None)
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(
+            UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
+            self._on_unmapped,
+        )
+        # A store to ROM is ignored, as on a real flash/ROM part; range-limited so RAM stores
+        # stay on unicorn's fast path.
+        uc.hook_add(
+            UC_HOOK_MEM_WRITE_PROT, self._on_rom_write, begin=ROM_BASE,
+            end=ROM_BASE + ROM_SIZE - 1,
+        )
+        self._watched = _Watched()
+        self._lock = threading.Lock()
+        self._running = False
+        self._kicked = False
+        self._exit: Exit | None = None
+        self._worker = _Worker(f"vcpu{index}")
+        self.pc = 0
+        #: Instructions are counted only by the benchmarks; this is the slice count.
+        self.slices = 0
+
+    # --- watched pages ---------------------------------------------------------------------
+
+    def watch_page(self, page: int) -> bool:
+        """Ask for stores to ``page`` to be reported.  Applied before the next slice starts;
+        returns True if it is already in force."""
+        with self._lock:
+            if page in self._watched.pages:
+                return True
+            self._watched.pending.add(page)
+            return False
+
+    def _apply_watches(self) -> None:
+        with self._lock:
+            pending, self._watched.pending = self._watched.pending, set()
+        for page in sorted(pending):
+            if page in self._watched.pages:
+                continue
+            # Read-only in this CPU's view: the store faults into _on_watched_write, which
+            # completes it.  Only this page is slowed; the hook is limited to its range.
+            self.uc.mem_protect(page, PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+            self.uc.hook_add(
+                UC_HOOK_MEM_WRITE_PROT, self._on_watched_write, begin=page,
+                end=page + PAGE_SIZE - 1,
+            )
+            with self._lock:
+                self._watched.pages.add(page)
+
+    # --- running ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def run(self, pc: int) -> Exit:
+        """Run guest code from ``pc`` on the worker thread until something ends the slice.
+
+        Cancellation stops the engine and waits for the worker to return (it always does,
+        within microseconds), then raises Cancelled: no CPU keeps running behind trio's back.
+        """
+        self._apply_watches()
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+
+        def done(result: outcome.Outcome) -> None:
+            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+        self._worker.submit(lambda: self._run_blocking(pc), done)
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            self.kick()
+            return trio.lowlevel.Abort.FAILED
+
+        result: Exit = await trio.lowlevel.wait_task_rescheduled(abort)
+        self.pc = result.pc
+        self.slices += 1
+        return result
+
+    def kick(self) -> None:
+        """End the current slice as soon as possible (thread-safe, idempotent).
+
+        A stop issued in the instant before the engine enters its loop would be forgotten by
+        unicorn, so the worker re-checks ``_kicked`` and a helper thread re-issues the stop
+        until the slice has ended.
+        """
+        with self._lock:
+            self._kicked = True
+            running = self._running
+        if running:
+            self.uc.emu_stop()
+            threading.Thread(target=self._rekick, daemon=True).start()
+
+    def _rekick(self) -> None:
+        for _ in range(1000):
+            with self._lock:
+                if not self._running or not self._kicked:
+                    return
+            self.uc.emu_stop()
+            threading.Event().wait(0.002)
+
+    def _run_blocking(self, pc: int) -> Exit:
+        with self._lock:
+            if self._kicked:
+                self._kicked = False
+                return Exit(ExitKind.KICKED, pc)
+            self._running = True
+            self._exit = None
+        err: UcError | None = None
+        try:
+            self.uc.emu_start(pc, _RUN_FOREVER)
+        except UcError as e:
+            err = e
+        finally:
+            with self._lock:
+                self._running = False
+                self._kicked = False
+        here = self.uc.reg_read(UC_PPC_REG_PC)
+        if self._exit is not None:
+            return self._exit
+        if err is not None:
+            kind = {
+                UC_ERR_READ_UNMAPPED: FaultKind.READ_UNMAPPED,
+                UC_ERR_WRITE_UNMAPPED: FaultKind.WRITE_UNMAPPED,
+                UC_ERR_FETCH_UNMAPPED: FaultKind.FETCH_UNMAPPED,
+            }.get(err.errno, FaultKind.ENGINE)
+            return Exit(ExitKind.FAULT, here, Fault(kind, here, None))
+        return Exit(ExitKind.KICKED, here)
+
+    def stop_with(self, exit_: Exit) -> None:
+        """From a hook: end the slice with ``exit_``."""
+        self._exit = exit_
+        self.uc.emu_stop()
+
+    def close(self) -> None:
+        self._worker.close()
+
+    # --- hooks (worker thread) -------------------------------------------------------------
+
+    def _mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
+        return self.host.mmio_read(self, offset, size)
+
+    def _mmio_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
+        self.host.mmio_write(self, offset, size, value)
+
+    def _on_interrupt(self, uc: Any, intno: int, _ud: Any) -> None:
+        pc = uc.reg_read(UC_PPC_REG_PC)  # the instruction after the one that trapped
+        insn = self._fetch_word(pc - 4)
+        if intno == _INTNO_SC and insn == HCALL_INSN:
+            result = self.host.hypercall(self)
+            if result is not None:
+                self.stop_with(result)
+            return
+        if intno == _INTNO_SC and insn == SC_LEV0_INSN:
+            if self._deliver(pc, ivor=_SPR_IVOR8):
+                return
+            self.stop_with(Exit(ExitKind.FAULT, pc - 4, Fault(FaultKind.SYSTEM_CALL, pc - 4, None)))
+            return
+        kind = {
+            _INTNO_ILLEGAL: FaultKind.ILLEGAL_INSTRUCTION,
+            _INTNO_PROGRAM: FaultKind.PROGRAM,
+        }.get(intno, FaultKind.EXCEPTION)
+        self.stop_with(Exit(ExitKind.FAULT, pc - 4, Fault(kind, pc - 4, None)))
+
+    def _deliver(self, return_pc: int, ivor: int) -> bool:
+        """Enter the guest's own interrupt handler, as the hardware would: SRR0/SRR1 saved,
+        MSR cleared except CE/ME/DE, PC = IVPR | IVORn.  False when no handler is installed."""
+        ivpr = self.sprs.read(_SPR_IVPR)
+        offset = self.sprs.read(ivor)
+        if ivpr == 0 and offset == 0:
+            return False
+        msr = self.uc.reg_read(UC_PPC_REG_MSR)
+        self.sprs.write(SPR_SRR0, return_pc)
+        self.sprs.write(SPR_SRR1, msr)
+        self.uc.reg_write(UC_PPC_REG_MSR, msr & _MSR_KEEP_ON_INTERRUPT)
+        self.uc.reg_write(UC_PPC_REG_PC, (ivpr & 0xFFFF_0000) | (offset & 0xFFF0))
+        return True
+
+    def _on_unmapped(self, uc: Any, access: int, address: int, size: int, value: int,
+                     _ud: Any) -> bool:
+        pc = uc.reg_read(UC_PPC_REG_PC)
+        kind = {
+            UC_MEM_READ_UNMAPPED: FaultKind.READ_UNMAPPED,
+            UC_MEM_FETCH_UNMAPPED: FaultKind.FETCH_UNMAPPED,
+        }.get(access, FaultKind.WRITE_UNMAPPED)
+        self._exit = Exit(ExitKind.FAULT, pc, Fault(kind, pc, address))
+        return False
+
+    def _on_rom_write(self, uc: Any, access: int, address: int, size: int, value: int,
+                      _ud: Any) -> bool:
+        return True  # ignored, and execution continues after the store
+
+    def _on_watched_write(self, uc: Any, access: int, address: int, size: int, value: int,
+                          _ud: Any) -> bool:
+        off = address - self.ram.base
+        self.ram.view[off : off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "big")
+        self.host.stored(self, address, size)
+        return True
+
+    def _fetch_word(self, addr: int) -> int:
+        try:
+            return int.from_bytes(self.uc.mem_read(addr, 4), "big")
+        except UcError:
+            return 0
+
+    # --- registers -------------------------------------------------------------------------
+
+    def gpr(self, n: int) -> int:
+        return int(self.uc.reg_read(UC_PPC_REG_0 + n))
+
+    def set_gpr(self, n: int, value: int) -> None:
+        self.uc.reg_write(UC_PPC_REG_0 + n, value & 0xFFFF_FFFF)
+
+    def set_gprs(self, values: dict[int, int]) -> None:
+        for n, v in values.items():
+            self.uc.reg_write(UC_PPC_REG_0 + n, v & 0xFFFF_FFFF)
+
+    def set_msr(self, value: int) -> None:
+        self.uc.reg_write(UC_PPC_REG_MSR, value)
+
+    def set_timebase(self, ticks: int) -> None:
+        self.sprs.set_timebase(ticks)
+
+    def snapshot(self) -> CpuState:
+        """GPRs, PC, MSR, LR, CTR, CR and XER (only while the CPU is not running)."""
+        uc = self.uc
+        return CpuState(
+            cpu=self.index,
+            pc=self.pc if self._running else uc.reg_read(UC_PPC_REG_PC),
+            msr=uc.reg_read(UC_PPC_REG_MSR),
+            lr=uc.reg_read(UC_PPC_REG_LR),
+            ctr=uc.reg_read(UC_PPC_REG_CTR),
+            cr=uc.reg_read(UC_PPC_REG_CR),
+            xer=uc.reg_read(UC_PPC_REG_XER),
+            gpr=tuple(uc.reg_read(UC_PPC_REG_0 + i) for i in range(32)),
+        )
+
+
+def pack_bytes_be(data: bytes, words: int = 4) -> list[int]:
+    """Byte-channel packing: byte 0 is the most significant byte of the first register."""
+    padded = data.ljust(words * 4, b"\0")
+    return list(struct.unpack(f">{words}I", padded[: words * 4]))
+
+
+def unpack_bytes_be(regs: list[int], count: int) -> bytes:
+    return struct.pack(f">{len(regs)}I", *(r & 0xFFFF_FFFF for r in regs))[:count]

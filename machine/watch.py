@@ -1,0 +1,104 @@
+"""Wake-on-store: CPUs parked on a word of guest RAM, woken by the store that changes it.
+
+This replaces QEMU's MMIO spin device and every guest polling loop.  The mechanism has two
+halves:
+
+* *Seeing the store.*  The page that holds a watched word is made read-only in every CPU's
+  unicorn view (``VCpu.watch_page``).  A guest store into it lands in a write-protection hook
+  limited to that page, which completes the store into shared RAM itself and calls
+  :meth:`StoreWatch.stored`.  Stores anywhere else stay on unicorn's fast path, which is why the
+  hook is range-limited (an unlimited hook slows every store ~12x; see reference/unicorn.md).
+  Host-side writes (fw_cfg DMA, loaders) report through ``GuestRAM.write_observer``.
+* *Not losing the wake-up.*  A waiter is armed *before* the parking CPU re-reads the word, and
+  the word is re-read only after every running CPU has the page protected.  A store that lands
+  before the watch is armed is caught by the re-read; one that lands after is caught by the
+  hook.  There is no window in between.
+
+The watch table is touched from worker threads (hooks) and the trio thread, so it has a lock;
+wake callbacks must be thread-safe (the machine passes ``TrioToken.run_sync_soon`` closures).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from machine.memory import GuestRAM
+
+
+@dataclass(eq=False, slots=True)
+class Waiter:
+    """One armed watch: fires once, when the word at ``address`` differs from ``expected``."""
+
+    address: int
+    expected: int
+    wake: Callable[[int], None]
+    fired: bool = False
+    value: int | None = None
+
+
+class StoreWatch:
+    def __init__(self, ram: GuestRAM) -> None:
+        self._ram = ram
+        self._lock = threading.Lock()
+        self._by_word: dict[int, list[Waiter]] = {}
+        ram.write_observer = self.stored
+
+    def arm(self, address: int, expected: int, wake: Callable[[int], None]) -> Waiter:
+        waiter = Waiter(address, expected & 0xFFFF_FFFF, wake)
+        with self._lock:
+            self._by_word.setdefault(address, []).append(waiter)
+        return waiter
+
+    def disarm(self, waiter: Waiter) -> None:
+        with self._lock:
+            lst = self._by_word.get(waiter.address)
+            if lst is not None and waiter in lst:
+                lst.remove(waiter)
+                if not lst:
+                    del self._by_word[waiter.address]
+
+    def recheck(self, waiter: Waiter) -> int | None:
+        """Fire ``waiter`` now if its word already differs; returns the value if it fired."""
+        self._fire_changed([waiter.address])
+        return waiter.value if waiter.fired else None
+
+    def stored(self, address: int, size: int) -> None:
+        """Bytes ``[address, address+size)`` of RAM changed."""
+        if not self._by_word:
+            return
+        end = address + size
+        with self._lock:
+            words = [w for w in self._by_word if w < end and address < w + 4]
+        if words:
+            self._fire_changed(words)
+
+    def _fire_changed(self, words: list[int]) -> None:
+        fired: list[Waiter] = []
+        with self._lock:
+            for word in words:
+                lst = self._by_word.get(word)
+                if not lst:
+                    continue
+                value = self._ram.read_u32(word)
+                keep = []
+                for w in lst:
+                    if value != w.expected and not w.fired:
+                        w.fired = True
+                        w.value = value
+                        fired.append(w)
+                    else:
+                        keep.append(w)
+                if keep:
+                    self._by_word[word] = keep
+                else:
+                    del self._by_word[word]
+        for w in fired:
+            assert w.value is not None
+            w.wake(w.value)
+
+    def statistics(self) -> dict[str, int]:
+        with self._lock:
+            return {"words": len(self._by_word),
+                    "waiters": sum(len(v) for v in self._by_word.values())}
