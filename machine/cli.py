@@ -1,0 +1,214 @@
+"""The ``fwcfg-e500`` command, spelled like QEMU so that one script can drive either.
+
+Options use QEMU's single-dash long spelling (``-m 256``, ``-smp 4``, ``-fw_cfg name=opt/x,...``,
+``-qtest stdio``); this machine's own additions use double dashes (``--direct``, ``--trace``).
+Every bad option or host file ends the command with one line on stderr and exit status 2;
+nothing a user types produces a traceback.
+
+Two modes: ``-qtest`` serves QEMU's qtest protocol over the machine's address map without running
+any CPU (what the differential test drives); otherwise the machine boots (:func:`boot`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import uuid as uuidlib
+from collections.abc import Sequence
+from typing import NoReturn, TextIO
+
+from fwcfg import (
+    ConfigError,
+    Event,
+    FwCfg,
+    FwCfgOption,
+    Key,
+    MmioWide,
+    apply_fw_cfg_options,
+    parse_fw_cfg_option,
+)
+from machine import platform
+from machine.bus import e500_address_map
+from machine.memory import GuestRAM
+from machine.qtest import QtestServer, open_chardev, serve
+
+PROG = "fwcfg-e500"
+
+_SIZE_RE = re.compile(r"^(?:size=)?(\d+)([kKmMgGtT]?)[bB]?$")
+_UNITS = {"": platform.MiB, "k": platform.KiB, "m": platform.MiB, "g": platform.GiB,
+          "t": 1024 * platform.GiB}
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake as one line (raised, printed by :func:`main`)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, in QEMU's spelling."""
+    p = _Parser(prog=PROG, allow_abbrev=False,
+                description="An emulated PowerPC e500 machine booted through fw_cfg.")
+    p.add_argument("-m", dest="memory", metavar="SIZE", default=None,
+                   help="RAM size, MiB unless suffixed with K/M/G (default 256M)")
+    p.add_argument("-smp", dest="smp", metavar="N", default="1",
+                   help="number of CPUs, N or cpus=N[,maxcpus=M] (1..32)")
+    p.add_argument("-kernel", metavar="FILE", help="kernel image (ELF, uImage or raw)")
+    p.add_argument("-initrd", metavar="FILE", help="initial ramdisk")
+    p.add_argument("-append", metavar="CMDLINE", default="", help="kernel command line")
+    p.add_argument("-dtb", metavar="FILE", help="use this device tree instead of generating one")
+    p.add_argument("-bios", metavar="FILE", help="firmware ELF for the boot ROM")
+    p.add_argument("-fw_cfg", dest="fw_cfg", action="append", default=[],
+                   metavar="[name=]NAME,file=PATH|string=TEXT",
+                   help="add a fw_cfg file (repeatable)")
+    p.add_argument("-uuid", metavar="UUID", help="machine UUID (fw_cfg key 0x0002)")
+    p.add_argument("-S", dest="stopped", action="store_true",
+                   help="do not start the CPUs (qtest mode never starts them)")
+    p.add_argument("-qtest", metavar="CHARDEV",
+                   help="serve the qtest protocol on 'stdio' or 'unix:PATH[,server=on]'")
+    p.add_argument("-nographic", action="store_true", help="accepted for QEMU compatibility")
+    p.add_argument("-display", metavar="none", help="accepted for QEMU compatibility")
+    p.add_argument("-nodefaults", action="store_true", help="accepted for QEMU compatibility")
+    p.add_argument("-s", dest="gdb_default", action="store_true",
+                   help="shorthand for -gdb tcp::1234")
+    p.add_argument("-gdb", metavar="DEV", help="wait for a gdb connection on DEV")
+    p.add_argument("--direct", action="store_true",
+                   help="load kernel and device tree directly into RAM (no firmware)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="stop the machine after this long")
+    p.add_argument("--trace", action="store_true", help="print machine events on stderr")
+    p.add_argument("--trace-file", metavar="FILE", help="write machine events to FILE")
+    p.add_argument("--demo", action="store_true", help="boot the bundled demo guest")
+    return p
+
+
+def parse_memory(text: str | None) -> int:
+    """``-m``: QEMU's size spelling (MiB by default), checked against PLATFORM.md limits."""
+    if text is None:
+        return platform.DEFAULT_RAM_SIZE
+    match = _SIZE_RE.match(text.strip())
+    if match is None:
+        raise ConfigError(f"-m {text!r} is not a size (e.g. 256, 512M, 1G)")
+    size = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not platform.MIN_RAM_SIZE <= size <= platform.MAX_RAM_SIZE:
+        raise ConfigError(
+            f"-m {text!r}: RAM must be between {platform.MIN_RAM_SIZE // platform.MiB} MiB"
+            f" and {platform.MAX_RAM_SIZE // platform.MiB} MiB"
+        )
+    if size % platform.RAM_ALIGN:
+        raise ConfigError(f"-m {text!r}: RAM must be a multiple of {platform.RAM_ALIGN} bytes")
+    return size
+
+
+def parse_smp(text: str) -> tuple[int, int]:
+    """``-smp``: ``N`` or ``cpus=N[,maxcpus=M]`` -> (cpus, max_cpus)."""
+    values: dict[str, str] = {}
+    for index, part in enumerate(text.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep and index == 0:
+            key, value = "cpus", part
+        if key not in ("cpus", "maxcpus", "sockets", "cores", "threads"):
+            raise ConfigError(f"-smp {text!r}: unknown parameter {key!r}")
+        values[key] = value
+    try:
+        cpus = int(values.get("cpus", "1"))
+        max_cpus = int(values.get("maxcpus", str(cpus)))
+    except ValueError:
+        raise ConfigError(f"-smp {text!r} is not a CPU count") from None
+    for what, n in (("CPU count", cpus), ("maxcpus", max_cpus)):
+        if not platform.MIN_CPUS <= n <= platform.MAX_CPUS:
+            raise ConfigError(
+                f"-smp {text!r}: {what} {n} is outside {platform.MIN_CPUS}..{platform.MAX_CPUS}"
+            )
+    if max_cpus < cpus:
+        raise ConfigError(f"-smp {text!r}: maxcpus {max_cpus} is below the CPU count {cpus}")
+    return cpus, max_cpus
+
+
+def parse_uuid(text: str | None) -> bytes:
+    """``-uuid``: 16 bytes in RFC 4122 string order, zeros when absent (as QEMU)."""
+    if text is None:
+        return bytes(16)
+    try:
+        return uuidlib.UUID(text).bytes
+    except ValueError:
+        raise ConfigError(f"-uuid {text!r} is not a UUID") from None
+
+
+def parse_fw_cfg_options(texts: Sequence[str]) -> list[FwCfgOption]:
+    return [parse_fw_cfg_option(t) for t in texts]
+
+
+def build_qtest_fwcfg(args: argparse.Namespace, ram: GuestRAM) -> tuple[FwCfg, list[str]]:
+    """The fw_cfg of qtest mode: the standard items plus the user's files (and warnings)."""
+    cpus, max_cpus = parse_smp(args.smp)
+    dev = FwCfg(ram)
+    dev.add_bytes(Key.UUID, parse_uuid(args.uuid))
+    dev.add_u64(Key.RAM_SIZE, ram.size)
+    dev.add_u16(Key.NB_CPUS, cpus)
+    dev.add_u16(Key.MAX_CPUS, max_cpus)
+    warnings = apply_fw_cfg_options(dev, parse_fw_cfg_options(args.fw_cfg))
+    return dev, warnings
+
+
+def run_qtest(args: argparse.Namespace, trace: TextIO | None) -> int:
+    """Serve qtest over RAM and the fw_cfg MMIO window; no CPU ever runs."""
+    ram = GuestRAM(parse_memory(args.memory))
+    dev, warnings = build_qtest_fwcfg(args, ram)
+    for warning in warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+
+    def on_event(event: Event) -> None:
+        if trace is not None:
+            print(event, file=trace, flush=True)
+
+    server = QtestServer(e500_address_map(ram, MmioWide(dev)), on_event=on_event)
+    try:
+        with open_chardev(args.qtest) as (rfile, wfile):
+            serve(server, rfile, wfile)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        dev.close()
+    return 0
+
+
+# --- booting ---------------------------------------------------------------------------------
+
+
+def boot(args: argparse.Namespace, trace: TextIO | None) -> int:
+    """BOOT PATH: run the machine.  Not wired yet; the board replaces this function."""
+    print(f"{PROG}: booting is not wired yet", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fwcfg-e500`` and ``python -m machine``; returns the exit status."""
+    trace_file: TextIO | None = None
+    try:
+        args = build_parser().parse_args(argv)
+        if args.trace_file:
+            try:
+                trace_file = open(args.trace_file, "w", encoding="utf-8")  # noqa: SIM115
+            except OSError as err:
+                raise ConfigError(
+                    f"--trace-file {args.trace_file!r} cannot be written: {err.strerror}"
+                ) from None
+        trace = trace_file if trace_file is not None else (sys.stderr if args.trace else None)
+        if args.qtest is not None:
+            return run_qtest(args, trace)
+        return boot(args, trace)
+    except (ConfigError, _UsageError) as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if trace_file is not None:
+            trace_file.close()
