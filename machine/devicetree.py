@@ -263,8 +263,18 @@ def build_fdt(cfg: TreeConfig) -> bytes:
 # --- the user's -dtb ------------------------------------------------------------------------
 
 
-def _name_ok(name: bytes) -> bool:
-    return all(0x21 <= c < 0x7F for c in name) and b"/" not in name
+#: The characters the devicetree specification (2.2.1, 2.2.4) allows in names, as dtc checks.
+_ALNUM: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_NODE_NAME_CHARS: Final = frozenset(_ALNUM + b",._+-@")
+_NAME_CHARS: Final = frozenset(_ALNUM + b",._+*#?-")
+
+
+def _name_ok(name: bytes, allowed: frozenset[int]) -> bool:
+    return all(c in allowed for c in name)
+
+
+def _show(name: bytes) -> str:
+    return repr(name.decode("ascii", "backslashreplace"))
 
 
 def _c_string(block: bytes, start: int, limit: int) -> bytes | None:
@@ -327,10 +337,15 @@ def check_fdt(blob: bytes, source: str) -> tuple[int, list[dict[str, int]]]:
         off += 4
         if tag == _BEGIN_NODE:
             name = _c_string(blob, off, struct_end)
-            if name is None or (depth > 0 and not name) or not _name_ok(name):
-                raise bad(f"bad node name at {where}")
-            if depth == 0 and (seen_root or name):
+            if name is None:
+                raise bad(f"unterminated node name at {where}")
+            if depth > 0 and (name.split(b"@")[0] == b"" or name.count(b"@") > 1
+                              or not _name_ok(name, _NODE_NAME_CHARS)):
+                raise bad(f"bad node name {_show(name)} at {where}")
+            if depth == 0 and seen_root:
                 raise bad(f"a second root node at {where}")
+            if depth == 0 and name:
+                raise bad(f"the root node is named {_show(name)}")
             seen_root, depth = True, depth + 1
             if depth > FDT_MAX_DEPTH:
                 raise bad(f"nodes nested deeper than {FDT_MAX_DEPTH} levels")
@@ -351,8 +366,8 @@ def check_fdt(blob: bytes, source: str) -> tuple[int, list[dict[str, int]]]:
             if nameoff >= hdr.size_dt_strings:
                 raise bad(f"property name at {where} lies outside the strings block")
             pname = _c_string(blob, hdr.off_dt_strings + nameoff, strings_end)
-            if not pname or not _name_ok(pname):
-                raise bad(f"bad property name at {where}")
+            if not pname or not _name_ok(pname, _NAME_CHARS):
+                raise bad(f"bad property name {_show(pname or b'')} at {where}")
             off = P.align_up(off + length, 4)
         elif tag == _NOP:
             continue
@@ -373,7 +388,28 @@ def _parse(blob: bytes, source: str) -> tuple[fdt.Node, list[dict[str, int]]]:
     # parse_dtb appends the reservations to FDT's shared default list; empty it again so no
     # later FDT() inherits them.  We use the ones check_fdt read.
     tree.entries.clear()
+    _check_phandles(tree.root, source)
     return tree.root, reservations
+
+
+def _check_phandles(root: fdt.Node, source: str) -> None:
+    """Refuse what dtc refuses: a phandle of 0 or 0xffffffff, or one shared by two nodes."""
+    seen: dict[int, str] = {}
+    stack = [("", root)]
+    while stack:
+        path, node = stack.pop()
+        here = f"{path}/{node.name}" if path or node.name != "/" else "/"
+        for name in _PHANDLE_PROPS:
+            words = _words(node, name)
+            if node.get_property(name) is None:
+                continue
+            if words is None or len(words) != 1 or words[0] in (0, 0xFFFF_FFFF):
+                raise ConfigError(f"{source} is not a usable device tree blob: "
+                                  f"a bad {name} in {here}")
+            if seen.setdefault(words[0], here) != here:
+                raise ConfigError(f"{source} is not a usable device tree blob: phandle "
+                                  f"{words[0]:#x} is given to both {seen[words[0]]} and {here}")
+        stack.extend((here.rstrip("/"), child) for child in reversed(node.nodes))
 
 
 def _words(node: fdt.Node, name: str) -> list[int] | None:
