@@ -380,7 +380,8 @@ def test_corrupt_user_trees_name_the_problem(
     tmp_path: Path, corrupt: Callable[[bytes], bytes], message: str
 ) -> None:
     blob = corrupt(compile_dts(tmp_path, USER_DTS))
-    with pytest.raises(ConfigError, match="board.dtb is not a usable device tree blob: .*" + message):
+    expected = "board.dtb is not a usable device tree blob: .*" + message
+    with pytest.raises(ConfigError, match=expected):
         fixup_user_dtb(blob, TreeConfig(ram_size=256 * MiB, n_cpus=1), source="board.dtb")
 
 
