@@ -33,7 +33,7 @@ import mmap
 import os
 import stat
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final, cast
 
@@ -56,6 +56,7 @@ ELF_MAGIC: Final = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
 ELFDATA2LSB, ELFDATA2MSB = 1, 2
 EM_PPC: Final = ENUM_E_MACHINE["EM_PPC"]
+ELF32_EHDR_SIZE: Final = 52
 ELF32_PHDR_SIZE: Final = 32
 PT_LOAD: Final = 1
 
@@ -143,7 +144,7 @@ class KernelImage:
 
     load_addr: int
     entry: int
-    data: bytes
+    data: bytes = field(repr=False)  # megabytes: keep reprs and test failures readable
     path: Path
 
     @property
@@ -160,7 +161,7 @@ class FirmwareImage:
     """The boot ROM contents (exactly ``ROM_SIZE`` bytes for ``ROM_BASE``) and where CPUs start."""
 
     entry: int
-    rom: bytes
+    rom: bytes = field(repr=False)
     path: Path
 
 
@@ -169,7 +170,7 @@ class InitrdImage:
     """The initrd, a read-only view of the mapped file, and its guest-physical address."""
 
     addr: int
-    data: memoryview
+    data: memoryview = field(repr=False)
     path: Path
 
     @property
@@ -295,6 +296,9 @@ def _elf_segments(image: mmap.mmap, path: Path, what: str) -> tuple[int, list[_S
         return ConfigError(f"{what} {path} is a broken ELF: {problem}")
 
     size = len(image)
+    if size < ELF32_EHDR_SIZE:
+        raise ConfigError(f"{what} {path} is a truncated ELF: the header needs "
+                          f"{ELF32_EHDR_SIZE} bytes, the file has {size}")
     try:
         elf = ELFFile(cast(IO[bytes], image))  # an mmap is a seekable byte stream
         hdr = elf.header

@@ -354,6 +354,9 @@ def test_huge_raw_file_is_refused_from_its_size(tmp_path: Path) -> None:
         (lambda d: d, r"kernel .* is not a regular file"),
         (lambda d: put(d, "empty", b""), r"kernel .*/empty is empty"),
         (lambda d: put(d, "short.elf", b"\x7fELF\x01"), r"truncated ELF \(5 bytes\)"),
+        (lambda d: put(d, "hdr.elf", b"\x7fELF\x01\x02\x01" + bytes(9) + b"\x00\x02\x00\x14"
+                       + bytes(10)),
+         r"truncated ELF: the header needs 52 bytes, the file has 30"),
     ],
 )
 def test_unusable_files(tmp_path: Path, make: Callable[[Path], Path], message: str) -> None:
