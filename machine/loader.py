@@ -191,7 +191,7 @@ class BootLayout:
     """
 
     ram_size: int
-    kernel: Region
+    kernel: Region | None
     initrd: Region | None
     dtb: Region
     dtb_window: Region
@@ -510,20 +510,24 @@ def _overlap_message(a: Region, b: Region, kernel_end: int, what: str) -> str:
 
 
 def plan_layout(
-    kernel: KernelImage, initrd: InitrdImage | None, fdt_size: int, ram_size: int
+    kernel: KernelImage | None, initrd: InitrdImage | None, fdt_size: int, ram_size: int
 ) -> BootLayout:
     """Check that kernel, initrd and device tree fit below the spin table without overlapping.
 
-    The device tree goes to ``dtb_base(kernel.end)`` and keeps a ``DTB_MAX_SIZE`` window there,
-    whatever its actual size, so that the initrd placement does not depend on the tree (whose
-    /chosen names the initrd).  Raises :class:`ConfigError` naming what does not fit and, where
-    more RAM helps, the ``-m`` needed.
+    The device tree goes to ``dtb_base(kernel.end)`` (``dtb_base(0)`` with no kernel, where the
+    firmware puts it when KERNEL_ADDR and KERNEL_SIZE are 0) and keeps a ``DTB_MAX_SIZE`` window
+    there, whatever its actual size, so that the initrd placement does not depend on the tree
+    (whose /chosen names the initrd).  Raises :class:`ConfigError` naming what does not fit and,
+    where more RAM helps, the ``-m`` needed.
     """
     if not 0 < fdt_size <= P.DTB_MAX_SIZE:
         raise ConfigError(f"the device tree is {fdt_size} bytes; at most {P.DTB_MAX_SIZE} fit")
-    kernel_region = Region("the kernel", kernel.load_addr, kernel.size)
+    if kernel is None and initrd is not None:
+        raise ConfigError("an initrd needs a kernel: it is placed after the kernel")
+    kernel_end = 0 if kernel is None else kernel.end
+    kernel_region = None if kernel is None else Region("the kernel", kernel.load_addr, kernel.size)
     initrd_region = None if initrd is None else Region("the initrd", initrd.addr, initrd.size)
-    window = _dtb_window(kernel.end)
+    window = _dtb_window(kernel_end)
     dtb = Region("the device tree", window.start, fdt_size)
     spin = Region("the spin table page", P.spin_table_base(ram_size), P.SPIN_TABLE_PAGE_SIZE)
 
@@ -537,6 +541,6 @@ def plan_layout(
         )
     for a, b in itertools.combinations(placed, 2):
         if a.overlaps(b):
-            raise ConfigError(_overlap_message(a, b, kernel.end, str(a)))
+            raise ConfigError(_overlap_message(a, b, kernel_end, str(a)))
     return BootLayout(ram_size=ram_size, kernel=kernel_region, initrd=initrd_region, dtb=dtb,
                       dtb_window=window, spin_table=spin)

@@ -480,8 +480,8 @@ def test_plan_layout_places_everything_below_the_spin_table(tmp_path: Path) -> N
     kernel = fake_kernel(12 * MiB)
     initrd = load_initrd(put(tmp_path, "initrd", bytes(3 * MiB)), RAM, kernel.end)
     layout = plan_layout(kernel, initrd, fdt_size=3000, ram_size=RAM)
+    assert layout.kernel is not None and layout.initrd is not None
     assert (layout.kernel.start, layout.kernel.end) == (0, 12 * MiB)
-    assert layout.initrd is not None
     assert (layout.initrd.start, layout.initrd.end) == (64 * MiB, 67 * MiB)
     assert (layout.dtb.start, layout.dtb.size) == (36 * MiB, 3000)
     assert (layout.dtb_window.start, layout.dtb_window.end) == (36 * MiB, 44 * MiB)
@@ -496,6 +496,15 @@ def test_plan_layout_names_the_ram_needed_and_that_ram_suffices() -> None:
                                           r"not fit in 48 MiB .* need -m 63 or more"):
         plan_layout(kernel, None, fdt_size=3000, ram_size=48 * MiB)
     assert plan_layout(kernel, None, fdt_size=3000, ram_size=63 * MiB).dtb.start == 54 * MiB
+
+
+def test_plan_layout_without_a_kernel_keeps_the_firmwares_device_tree_window() -> None:
+    layout = plan_layout(None, None, fdt_size=3000, ram_size=RAM)
+    assert layout.kernel is None
+    assert (layout.dtb.start, layout.dtb_window.end) == (24 * MiB, 32 * MiB)
+    with pytest.raises(ConfigError, match=r"window at 0x1800000-0x2000000 does not fit in 24 MiB"
+                                          r" .* need -m 33 or more"):
+        plan_layout(None, None, fdt_size=3000, ram_size=24 * MiB)
 
 
 def test_plan_layout_refuses_overlap_and_oversized_trees() -> None:
