@@ -37,15 +37,15 @@ from construct import ConstructError, Int32ub, Struct
 from fwcfg import ConfigError
 from machine import platform as P
 
-#: The FDT format version written, and the oldest one accepted from a user (the one that made
-#: ``size_dt_struct`` and byte-aligned properties standard; dtc writes 17).
+#: The FDT format version written and read (the one with ``size_dt_struct`` in the header,
+#: which dtc has written since 2007), and the oldest version it is compatible with.
 FDT_VERSION: Final = 17
-FDT_MIN_VERSION: Final = 16
+FDT_LAST_COMP_VERSION: Final = 16
 FDT_MAGIC: Final = 0xD00DFEED
 #: Linux's ``FDT_MAX_DEPTH``: deeper user trees are rejected (Linux would not unflatten them).
 FDT_MAX_DEPTH: Final = 64
 
-#: The FDT header (devicetree specification 5.2), versions 16 and 17.
+#: The FDT header (devicetree specification 5.2), version 17.
 FdtHeader = Struct(
     "magic" / Int32ub,
     "totalsize" / Int32ub,
@@ -301,9 +301,10 @@ def check_fdt(blob: bytes, source: str) -> tuple[int, list[dict[str, int]]]:
         raise bad(str(exc)) from None
     if hdr.magic != FDT_MAGIC:
         raise bad(f"bad magic {hdr.magic:#010x} (expected {FDT_MAGIC:#010x})")
-    if hdr.version < FDT_MIN_VERSION or hdr.last_comp_version > FDT_VERSION:
-        raise bad(f"format version {hdr.version} (compatible with {hdr.last_comp_version}) "
-                  f"is not between {FDT_MIN_VERSION} and {FDT_VERSION}")
+    if hdr.version < FDT_VERSION or hdr.last_comp_version > FDT_LAST_COMP_VERSION:
+        raise bad(f"format version {hdr.version}, compatible back to {hdr.last_comp_version}; "
+                  f"fwcfg-e500 reads version {FDT_VERSION} blobs compatible back to "
+                  f"{FDT_LAST_COMP_VERSION} (what dtc writes)")
     total = hdr.totalsize
     if total > len(blob):
         raise bad(f"truncated: the header says {total} bytes, the file has {len(blob)}")
@@ -444,10 +445,12 @@ def _replace(root: fdt.Node, old: fdt.Node | None, new: fdt.Node) -> None:
     """Put ``new`` where ``old`` was (or at the end), carrying over its phandles."""
     _inherit_phandles(old, new)
     new.set_parent(root)
-    if old is not None and old in root.nodes:
-        root.nodes[next(i for i, n in enumerate(root.nodes) if n is old)] = new
-    else:
+    # By identity: fdt.Node's == compares contents.
+    at = next((i for i, n in enumerate(root.nodes) if n is old), None)
+    if at is None:
         root.nodes.append(new)
+    else:
+        root.nodes[at] = new
 
 
 def _user_cpus_by_reg(cpus: fdt.Node | None) -> Iterator[tuple[int, fdt.Node]]:
