@@ -227,12 +227,21 @@ def test_raw_kernel_is_loaded_at_zero_and_entered_at_zero(tmp_path: Path) -> Non
     assert (kernel.load_addr, kernel.entry, kernel.data, kernel.end) == (0, 0, payload, 10_000)
 
 
-def test_host_elf_is_named_with_what_it_is(tmp_path: Path) -> None:
+def test_host_elf_is_named_with_what_it_is() -> None:
     true = Path(shutil.which("true") or "/bin/true")
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError, match=rf"^kernel {re.escape(str(true))} is a 64-bit "
+                                          r"little-endian [\w-]+ ELF; fwcfg-e500 needs a 32-bit "
+                                          r"big-endian PowerPC ELF$"):
         load_kernel(true, RAM)
+
+
+def test_x86_64_elf_is_named_exactly(tmp_path: Path) -> None:
+    header = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HH", 2, 62) + bytes(44)
+    path = put(tmp_path, "prog", header)
+    with pytest.raises(ConfigError) as err:
+        load_kernel(path, RAM)
     assert str(err.value) == (
-        f"kernel {true} is a 64-bit little-endian x86-64 ELF; "
+        f"kernel {path} is a 64-bit little-endian x86-64 ELF; "
         "fwcfg-e500 needs a 32-bit big-endian PowerPC ELF"
     )
 
