@@ -223,6 +223,39 @@ class E500Machine:
         for cpu in self.cpus:
             cpu.close()
 
+    async def __aenter__(self) -> E500Machine:
+        """Power the machine on in the background; ``async with`` exit stops it.
+
+        The nursery is opened by hand so that the machine's lifetime is the ``async with``
+        block; cancellation or an exception in the block stops every CPU before it propagates.
+        """
+        self._cm_nursery_mgr = trio.open_nursery()
+        nursery = await self._cm_nursery_mgr.__aenter__()
+        self._cm_result: RunResult | None = None
+
+        async def runner(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            self._cm_result = await self.run(task_status=task_status)
+
+        try:
+            await nursery.start(runner)
+        except BaseException as e:
+            await self._cm_nursery_mgr.__aexit__(type(e), e, e.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        if self._stop_result is None:
+            self.stop(reason="the async with block ended")
+        try:
+            return await self._cm_nursery_mgr.__aexit__(*exc)
+        finally:
+            self.close()
+
+    @property
+    def result(self) -> RunResult | None:
+        """How the run ended, once it has."""
+        return self._stop_result
+
     def stop(self, code: int = 0, reason: str = "stopped by the host") -> None:
         """Ask a running machine to power off (trio thread)."""
         self._finish(RunResult(code=code, reason=reason))

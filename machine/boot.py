@@ -59,17 +59,11 @@ def load_images(config: MachineConfig) -> BootImages:
         initrd=(initrd.addr, initrd.end) if initrd is not None else None,
     )
     if config.dtb is not None:
-        try:
-            blob = Path(config.dtb).read_bytes()
-        except OSError as e:
-            raise ConfigError(f"-dtb {config.dtb}: cannot read it ({e.strerror})") from None
-        fdt = devicetree.fixup_user_dtb(blob, tree, source=f"-dtb {config.dtb}")
+        fdt = devicetree.load_user_dtb(Path(config.dtb), tree)
     else:
         fdt = devicetree.build_fdt(tree)
-    dtb_addr = 0
-    if kernel is not None:
-        layout = loader.plan_layout(kernel, initrd, len(fdt), config.ram_size)
-        dtb_addr = layout.dtb.start
+    layout = loader.plan_layout(kernel, initrd, len(fdt), config.ram_size)
+    dtb_addr = layout.dtb.start
     return BootImages(
         rom=firmware.rom,
         firmware_entry=firmware.entry,

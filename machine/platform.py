@@ -26,8 +26,9 @@ DEFAULT_RAM_SIZE: Final = 256 * MiB
 MAX_RAM_SIZE: Final = 3 * GiB
 #: RAM sizes are whole pages so that unicorn can map them and the spin-table page is aligned.
 RAM_ALIGN: Final = 4 * KiB
-#: The smallest RAM that can hold a kernel, a device tree and the spin-table page.
-MIN_RAM_SIZE: Final = 16 * MiB
+#: The smallest RAM that can hold a kernel, the device-tree window (which starts at 24 MiB or
+#: later and keeps 8 MiB) and the spin-table page.
+MIN_RAM_SIZE: Final = 64 * MiB
 
 ROM_BASE: Final = 0xFFF0_0000
 ROM_SIZE: Final = 1 * MiB
@@ -167,9 +168,7 @@ FDT_FILE_NAME: Final = "etc/fdt"
 
 # --- Image placement (the same rules QEMU's ppce500 uses, hw/ppc/e500.c) -------------------
 
-#: Initrd: at least 32 MiB past the end of the kernel, 16 MiB aligned.
-INITRD_MIN_BASE: Final = 32 * MiB
-INITRD_GAP: Final = 32 * MiB
+#: Initrd: 16 MiB aligned, after both the kernel and the device-tree window.
 INITRD_ALIGN: Final = 16 * MiB
 #: Device tree (direct boot, and where the firmware puts it): 24 MiB past the kernel, 1 MiB aligned.
 DTB_GAP: Final = 24 * MiB
@@ -186,9 +185,13 @@ def align_up(value: int, align: int) -> int:
 
 
 def initrd_base(kernel_end: int) -> int:
-    """Where the initrd goes for a kernel whose image ends at ``kernel_end``."""
-    cur = max(kernel_end, INITRD_MIN_BASE)
-    return align_down(cur + INITRD_GAP, INITRD_ALIGN)
+    """Where the initrd goes for a kernel whose image ends at ``kernel_end``.
+
+    Deliberately not QEMU's rule (``(max(end, 32 MiB) + 32 MiB) & ~(16 MiB - 1)``): with that
+    rule, kernels ending in [33, 41) MiB, [49, 57) MiB, ... put the initrd inside the 8 MiB
+    device-tree window.  Here the initrd starts at the first 16 MiB boundary past both.
+    """
+    return align_up(max(kernel_end, dtb_base(kernel_end) + DTB_MAX_SIZE), INITRD_ALIGN)
 
 
 def dtb_base(kernel_end: int) -> int:

@@ -235,6 +235,9 @@ class VCpu:
         Cancellation stops the engine and waits for the worker to return (it always does,
         within microseconds), then raises Cancelled: no CPU keeps running behind trio's back.
         """
+        # A slice that ended because of a cancellation returns normally (Abort.FAILED); the
+        # Cancelled is delivered here, before another slice could start.
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._apply_watches()
         task = trio.lowlevel.current_task()
         token = trio.lowlevel.current_trio_token()
