@@ -103,6 +103,7 @@ class _Slot:
         self.wake = trio.Event()
         self.release: tuple[int, int] | None = None  # latched (entry, r3)
         self.generation = 0
+        self.in_slice = False  # inside VCpu.run: the only state in which it can store
         self.lot = trio.lowlevel.ParkingLot()
 
 
@@ -273,10 +274,12 @@ class E500Machine:
             self.events.emit(CpuStarted(time=self.now(), cpu=cpu.index, pc=pc))
             while True:
                 self._set_running(+1)
+                slot.in_slice = True
                 try:
                     cpu.set_timebase(self._ticks())
                     exit_ = await cpu.run(pc)
                 finally:
+                    slot.in_slice = False
                     self._set_running(-1)
                     slot.generation += 1
                     slot.lot.unpark_all()
@@ -420,14 +423,14 @@ class E500Machine:
     async def _watch_everywhere(self, page: int, me: _Slot) -> None:
         """Make stores to ``page`` visible from every CPU before the caller re-reads its word.
 
-        CPUs that are parked, or the caller itself, pick the protection up before their next
-        slice.  A running CPU is kicked, and we wait until its current slice has ended: its
-        next one starts with the page protected."""
+        A CPU outside a slice (parked, starting up, or the caller itself) cannot store, and
+        picks the protection up before its next slice.  A CPU inside a slice is kicked, and we
+        wait until that slice has ended: its next one starts with the page protected."""
         for slot in self._slots:
             if slot.cpu.watch_page(page) or slot is me:
                 continue
             gen = slot.generation
-            while slot.parked is None and slot.generation == gen:
+            while slot.in_slice and slot.generation == gen:
                 slot.cpu.kick()
                 await slot.lot.park()
 

@@ -22,6 +22,7 @@ corrupting memory):
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
 import threading
 from typing import Any
@@ -68,7 +69,10 @@ def _readable_ranges() -> list[tuple[int, int]]:
 def _find_env(uc: Uc) -> int:
     """Address of the live ``CPUPPCState`` of ``uc`` (step 1 of the module docstring)."""
     saved = [uc.reg_read(UC_PPC_REG_0 + i) for i in range(32)]
-    words = [0x5EED_0000 + i * 0x1357 for i in range(32)]
+    # A fresh pattern each time: an old one may linger in freed memory or in another CPU's
+    # saved context, and would be found first.
+    nonce = int.from_bytes(os.urandom(4), "little")
+    words = [(nonce + i * 0x9E37_79B9) & 0xFFFF_FFFF for i in range(32)]
     for i, w in enumerate(words):
         uc.reg_write(UC_PPC_REG_0 + i, w)
     pattern = b"".join(struct.pack("=I", w) for w in words)
