@@ -288,7 +288,9 @@ void demo_main(const struct entry_regs *r)
 		}
 		up++;
 	}
-	if (up == 1 + nsec) {
+	if (up == 1 + nsec && up == 1) {
+		line_str(&l, "demo: 1 cpu up");
+	} else if (up == 1 + nsec) {
 		line_str(&l, "demo: all ");
 		line_dec(&l, up);
 		line_str(&l, " cpus up");

@@ -1,0 +1,408 @@
+"""The guest stubs: the shipped images rebuild byte for byte, and the firmware boots to PLATFORM.md.
+
+The firmware is exercised the way a user meets it: as the default ``-bios`` of a real machine,
+booting the demo kernel (which reports the registers every CPU entered with), booting a small
+kernel that probes the spin-table protocol, and on machines whose fw_cfg lacks something the
+firmware needs.  Expected values come from ``machine/platform.py`` and the images' own symbols.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+from elftools.elf.constants import P_FLAGS
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+from fwcfg import Key
+from machine import boot
+from machine import platform as P
+from machine.board import E500Machine, MachineConfig
+from machine.events import CpuReleased, CpuWoken, Event, FwCfgDma, FwCfgSelect, Hypercall
+from machine.guest import DEMO_ELF, FIRMWARE_ELF, FirmwareExit
+from machine.loader import load_kernel
+
+REPO = Path(__file__).resolve().parent.parent
+STUBS = REPO / "guest-stubs"
+CROSS = "powerpc-linux-gnu-"
+HAVE_CROSS = all(shutil.which(CROSS + t) for t in ("gcc", "as", "ld", "objcopy"))
+
+
+def symbols(path: Path) -> dict[str, int]:
+    with path.open("rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        assert isinstance(symtab, SymbolTableSection), f"{path.name} has no symbol table"
+        return {s.name: s["st_value"] for s in symtab.iter_symbols() if s.name}
+
+
+def load_segments(path: Path) -> list[tuple[int, int, int]]:
+    """(physical address, memory size, flags) of every PT_LOAD segment."""
+    with path.open("rb") as f:
+        return [(s["p_paddr"], s["p_memsz"], s["p_flags"]) for s in ELFFile(f).iter_segments()
+                if s["p_type"] == "PT_LOAD"]
+
+
+# --- the images ---------------------------------------------------------------------------------
+
+
+@pytest.mark.cross
+@pytest.mark.skipif(not HAVE_CROSS, reason="powerpc-linux-gnu cross tools not installed")
+def test_shipped_images_are_exactly_what_the_sources_build(tmp_path: Path) -> None:
+    env = dict(os.environ, LC_ALL="C")
+    proc = subprocess.run(
+        ["make", "-s", "-C", str(STUBS), f"O={tmp_path}", f"PYTHON={sys.executable}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for shipped in (FIRMWARE_ELF, DEMO_ELF):
+        rebuilt = tmp_path / shipped.name
+        assert rebuilt.read_bytes() == shipped.read_bytes(), (
+            f"{shipped.name} differs from a fresh build of guest-stubs/: "
+            "run `make -C guest-stubs install` and commit the result"
+        )
+
+
+def test_firmware_lives_in_the_boot_rom_and_writes_nothing_there() -> None:
+    syms = symbols(FIRMWARE_ELF)
+    with FIRMWARE_ELF.open("rb") as f:
+        entry = ELFFile(f).header["e_entry"]
+
+    assert entry == syms["_start"] == P.ROM_BASE
+    for name in ("secondary_park", "enter_kernel", "fw_main", "fw_fail"):
+        assert P.ROM_BASE <= syms[name] < P.ROM_BASE + P.ROM_SIZE, name
+    for addr, size, flags in load_segments(FIRMWARE_ELF):
+        assert addr >= P.ROM_BASE and addr + size <= P.ROM_BASE + P.ROM_SIZE
+        assert not flags & P_FLAGS.PF_W, "the ROM is read-only: no writable segment"
+
+
+def test_demo_fits_the_mapping_a_released_secondary_gets() -> None:
+    """QEMU maps EA 0 -> entry & ~(64 MiB - 1) for a released CPU: the demo lives below 64 MiB."""
+    syms = symbols(DEMO_ELF)
+    with DEMO_ELF.open("rb") as f:
+        entry = ELFFile(f).header["e_entry"]
+
+    assert entry == syms["_start"] == 0
+    assert syms["secondary_entry"] < P.SECONDARY_IMA_SIZE
+    for addr, size, _ in load_segments(DEMO_ELF):
+        assert addr + size <= P.SECONDARY_IMA_SIZE
+
+
+# --- booting through the firmware ------------------------------------------------------------
+
+
+@dataclass
+class Boot:
+    code: int
+    reason: str
+    console: str
+    events: list[Event] = field(default_factory=list)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+async def boot_machine(
+    config: MachineConfig,
+    *,
+    prepare: Callable[[E500Machine], None] | None = None,
+    during: Callable[[E500Machine], None] | None = None,
+    timeout: float = 30,
+) -> Boot:
+    """Runs a machine to power-off; `during` is called every millisecond while it runs."""
+    machine = E500Machine(config)
+    if prepare is not None:
+        prepare(machine)
+    out = bytearray()
+    events: list[Event] = []
+    machine.console.add_listener(lambda cpu, data: out.extend(data))
+    machine.events.subscribe(events.append)
+    result = None
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                nonlocal result
+                result = await machine.run(timeout=timeout, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            await nursery.start(run)
+            while during is not None:
+                during(machine)
+                await trio.sleep(0.001)
+    finally:
+        machine.close()
+    assert result is not None
+    return Boot(result.code, result.reason, out.decode(errors="replace"), events)
+
+
+def demo_config(**kw: object) -> MachineConfig:
+    return MachineConfig(kernel=DEMO_ELF, **kw)  # type: ignore[arg-type]
+
+
+def expected_demo_lines(n_cpus: int, ima: int, cmdline: str, ram_mib: int = 256) -> list[str]:
+    """What the demo prints (after its banner), from the ePAPR boot state PLATFORM.md promises."""
+    lines = [
+        f"cmdline: {cmdline}",
+        f"memory: {ram_mib} MiB at 0x0",
+        f"cpus: {n_cpus} (boot cpu 0, {n_cpus - 1} spin-table)",
+        f"cpu 0: r3=fdt r4=0x00000000 r5=0x00000000 r6={P.EPAPR_MAGIC:#010x} r7={ima:#010x} pir=0",
+    ]
+    for i in range(1, n_cpus):
+        lines.append(f"cpu {i}: r3={i:#010x} r4=0x00000000 r5=0x00000000 r6=0x00000000 "
+                     f"r7={P.SECONDARY_IMA_SIZE:#010x} pir={i}")
+    lines.append("demo: 1 cpu up" if n_cpus == 1 else f"demo: all {n_cpus} cpus up")
+    return lines
+
+
+async def test_firmware_pulls_everything_through_fw_cfg_dma_and_boots_every_cpu() -> None:
+    kernel = load_kernel(DEMO_ELF, P.DEFAULT_RAM_SIZE)
+    dtb = P.dtb_base(kernel.end)
+    park = symbols(FIRMWARE_ELF)["secondary_park"]
+
+    run = await boot_machine(demo_config(smp=4, append="hello world"))
+
+    assert (run.code, run.reason) == (0, "FW_POWEROFF by cpu 0")
+    dma = {e.name: e for e in run.of(FwCfgDma) if e.op == "read"}
+    assert (dma["kernel_data"].address, dma["kernel_data"].length) == (kernel.load_addr,
+                                                                       kernel.size)
+    fdt = dma[P.FDT_FILE_NAME]
+    assert fdt.address == dtb and not any(e.error for e in run.of(FwCfgDma))
+    # CPU 0 sends each secondary to the park code with its own entry; each parks on that
+    # entry's low word until the demo's release (whose effect is the "cpu N" lines below).
+    released = {(e.cpu, e.by, e.entry, e.r3) for e in run.of(CpuReleased)}
+    assert released == {(i, "FW_CPU_RELEASE", park, P.spin_entry_addr(P.DEFAULT_RAM_SIZE, i))
+                        for i in (1, 2, 3)}
+    parked_on = {(e.cpu, e.args[0]) for e in run.of(Hypercall) if e.name == "FW_WAIT_STORE"}
+    for i in (1, 2, 3):
+        assert (i, P.spin_entry_addr(P.DEFAULT_RAM_SIZE, i) + P.SPIN_ENTRY_ADDR_LO) in parked_on
+    lines = run.console.splitlines()
+    assert lines[0] == "demo: ePAPR demo kernel on fwcfg-e500"
+    assert lines[1:] == expected_demo_lines(4, P.ima_size(dtb + fdt.length), "hello world")
+
+
+async def test_without_dma_the_firmware_reads_the_data_register_to_the_same_result() -> None:
+    with_dma = await boot_machine(demo_config(smp=2, append="pio"))
+    without = await boot_machine(demo_config(smp=2, append="pio", fwcfg_dma=False))
+
+    assert without.code == 0
+    assert without.of(FwCfgDma) == []
+    assert Key.KERNEL_DATA in {e.key for e in without.of(FwCfgSelect)}
+    assert without.console == with_dma.console
+
+
+async def test_a_single_cpu_machine_boots_without_releasing_anyone() -> None:
+    run = await boot_machine(demo_config(smp=1))
+    assert run.code == 0
+    assert run.of(CpuReleased) == []
+    assert run.console.splitlines()[-1] == "demo: 1 cpu up"
+
+
+async def test_console_input_while_secondaries_idle_is_a_harmless_wakeup() -> None:
+    """Secondaries idle with EV_IDLE at power-on; console input wakes them and they idle again."""
+    run = await boot_machine(demo_config(smp=3),
+                             during=lambda m: m.console.feed(b"\n"))
+    assert run.code == 0
+    assert any(e.by == "console" for e in run.of(CpuWoken))
+    assert run.console.splitlines()[-1] == "demo: all 3 cpus up"
+
+
+def _set(key: int, data: bytes) -> Callable[[E500Machine], None]:
+    return lambda m: m.fwcfg.add_bytes(key, data, replace=True)
+
+
+@pytest.mark.parametrize(
+    ("prepare", "kernel", "why"),
+    [
+        (_set(Key.SIGNATURE, b"QEMX"), DEMO_ELF, FirmwareExit.NO_FWCFG),
+        (_set(Key.RAM_SIZE, (8 * P.MiB).to_bytes(8, "little")), DEMO_ELF,
+         FirmwareExit.BAD_RAM_SIZE),
+        (_set(Key.RAM_SIZE, (4 * P.GiB).to_bytes(8, "little")), DEMO_ELF,
+         FirmwareExit.BAD_RAM_SIZE),
+        (_set(Key.NB_CPUS, (0).to_bytes(2, "little")), DEMO_ELF, FirmwareExit.BAD_CPU_COUNT),
+        (_set(Key.NB_CPUS, (P.MAX_CPUS + 1).to_bytes(2, "little")), DEMO_ELF,
+         FirmwareExit.BAD_CPU_COUNT),
+        (None, None, FirmwareExit.NO_KERNEL),
+        (_set(Key.KERNEL_ADDR, (P.DEFAULT_RAM_SIZE - 64 * P.KiB).to_bytes(4, "little")),
+         DEMO_ELF, FirmwareExit.DOES_NOT_FIT),
+        (_set(Key.INITRD_SIZE, (1 * P.MiB).to_bytes(4, "little")), DEMO_ELF,
+         FirmwareExit.DOES_NOT_FIT),  # INITRD_ADDR is 0: on top of the kernel
+    ],
+    ids=["bad-signature", "ram-too-small", "ram-over-4g", "no-cpus", "too-many-cpus",
+         "no-kernel", "kernel-over-spin-table", "initrd-over-kernel"],
+)
+async def test_firmware_names_what_is_missing_in_one_line_and_powers_off(
+    prepare: Callable[[E500Machine], None] | None, kernel: Path | None, why: FirmwareExit
+) -> None:
+    run = await boot_machine(MachineConfig(smp=2, kernel=kernel), prepare=prepare)
+
+    assert run.code == why.value
+    assert run.console == why.message + "\n"
+    assert run.of(CpuReleased) == [], "nothing is started when the boot cannot complete"
+
+
+async def test_firmware_without_an_etc_fdt_file_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(boot, "FDT_FILE_NAME", "etc/not-the-fdt")
+    run = await boot_machine(demo_config(smp=2))
+    assert run.code == FirmwareExit.NO_FDT
+    assert run.console == FirmwareExit.NO_FDT.message + "\n"
+
+
+# --- the spin-table protocol, probed by a small kernel ------------------------------------------
+
+#: CPU 0 checks the entry the firmware armed for CPU 1, stores 3 (bit 0 still set: CPU 1 must
+#: stay held, and its FW_WAIT_STORE wakes for nothing), waits 10 ms of timebase, then releases
+#: CPU 1 with r3 = 0x1234 and checks the registers it entered with.  The power-off code says
+#: which check failed (0 = all passed).
+PROBE_ASM = r"""
+    .text
+    .globl _start
+_start:
+    lis 20, SPIN1@ha
+    addi 20, 20, SPIN1@l
+    lis 21, flag@ha
+    addi 21, 21, flag@l
+    lis 22, regs@ha
+    addi 22, 22, regs@l
+
+    # the armed entry: entry_addr = 1, r3 = 1, reserved = 0, pir = 1
+    lwz 0, 0(20)
+    li 3, 20
+    cmpwi 0, 0
+    bne fail
+    lwz 0, 4(20)
+    li 3, 21
+    cmpwi 0, 1
+    bne fail
+    lwz 0, 8(20)
+    li 3, 22
+    cmpwi 0, 0
+    bne fail
+    lwz 0, 12(20)
+    li 3, 23
+    cmpwi 0, 1
+    bne fail
+    lwz 0, 16(20)
+    li 3, 24
+    cmpwi 0, 0
+    bne fail
+    lwz 0, 20(20)
+    li 3, 25
+    cmpwi 0, 1
+    bne fail
+
+    # bit 0 still set: CPU 1 must stay where it is
+    li 0, 3
+    stw 0, 4(20)
+    msync
+    mfspr 5, 268
+1:  mfspr 6, 268
+    subf 6, 5, 6
+    lis 7, TICKS@h
+    ori 7, 7, TICKS@l
+    cmplw 6, 7
+    blt 1b
+    lwz 0, 0(21)
+    li 3, 2
+    cmpwi 0, 0
+    bne fail
+
+    # release it the ePAPR way: r3, then the low word of entry_addr last
+    li 0, 0x1234
+    stw 0, 12(20)
+    msync
+    lis 5, secondary@ha
+    addi 5, 5, secondary@l
+    stw 5, 4(20)
+    msync
+2:  lwz 4, 0(21)
+    cmpwi 4, 0
+    bne 3f
+    mr 3, 21
+    lis 11, WAIT_STORE@h
+    ori 11, 11, WAIT_STORE@l
+    sc 1
+    b 2b
+
+3:  lwz 0, 0(22)
+    li 3, 10
+    cmpwi 0, 0x1234
+    bne fail
+    li 8, 4
+    li 3, 11
+4:  lwzx 0, 22, 8
+    cmpwi 3, 14
+    bne 5f
+    lis 9, IMA@h            # r7
+    ori 9, 9, IMA@l
+    cmpw 0, 9
+    b 6f
+5:  cmpwi 0, 0
+6:  bne fail
+    addi 8, 8, 4
+    addi 3, 3, 1
+    cmpwi 8, 28
+    blt 4b
+    li 3, 0
+fail:
+    lis 11, POWEROFF@h
+    ori 11, 11, POWEROFF@l
+    sc 1
+    b .
+
+secondary:
+    lis 12, regs@ha
+    addi 12, 12, regs@l
+    stw 3, 0(12)
+    stw 4, 4(12)
+    stw 5, 8(12)
+    stw 6, 12(12)
+    stw 7, 16(12)
+    stw 8, 20(12)
+    stw 9, 24(12)
+    msync
+    lis 12, flag@ha
+    addi 12, 12, flag@l
+    li 0, 1
+    stw 0, 0(12)
+    msync
+7:  lis 11, IDLE@h
+    ori 11, 11, IDLE@l
+    sc 1
+    b 7b
+
+    .data
+flag: .long 0
+regs: .space 28
+"""
+
+
+@pytest.mark.cross
+@pytest.mark.skipif(not HAVE_CROSS, reason="powerpc-linux-gnu cross tools not installed")
+async def test_a_parked_secondary_stays_held_while_bit_0_is_set(tmp_path: Path) -> None:
+    defs = {
+        "SPIN1": P.spin_entry_addr(P.DEFAULT_RAM_SIZE, 1),
+        "TICKS": P.TIMEBASE_HZ // 100,
+        "IMA": P.SECONDARY_IMA_SIZE,
+        "WAIT_STORE": P.Hcall.FW_WAIT_STORE,
+        "POWEROFF": P.Hcall.FW_POWEROFF,
+        "IDLE": P.Hcall.EV_IDLE,
+    }
+    src = tmp_path / "probe.S"
+    src.write_text(PROBE_ASM)
+    obj, elf = tmp_path / "probe.o", tmp_path / "probe.elf"
+    subprocess.run([CROSS + "as", "-me500", *(f"--defsym={k}={int(v)}" for k, v in defs.items()),
+                    str(src), "-o", str(obj)], check=True)
+    subprocess.run([CROSS + "ld", "-N", "--no-warn-rwx-segments", "-Ttext=0x10000",
+                    "-e", "_start", str(obj), "-o", str(elf)], check=True)
+
+    run = await boot_machine(MachineConfig(smp=2, kernel=elf))
+
+    assert run.code == 0, f"probe check {run.code} failed"
