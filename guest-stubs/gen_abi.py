@@ -112,6 +112,7 @@ def rows() -> Iterator[tuple[str, str] | str]:
     for name, off in field_offsets(L.DmaAccess).items():
         yield f"FW_CFG_DMA_OFF_{name.upper()}", number(off)
     yield "FW_CFG_FILE_DIR_HEADER_SIZE", number(L.FILE_DIR_HEADER_SIZE)
+    yield "FW_CFG_MAX_FILE_SLOTS", number(L.MAX_FILE_SLOTS)
     yield "FW_CFG_FILE_ENTRY_SIZE", number(L.FILE_ENTRY_SIZE)
     yield "FW_CFG_FILE_NAME_FIELD", number(L.FILE_NAME_FIELD)
     for name, off in field_offsets(L.FileEntry).items():

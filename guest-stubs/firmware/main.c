@@ -161,6 +161,8 @@ static int find_fdt(struct fw *fw)
 
 	fwcfg_read(fw, FW_CFG_KEY_FILE_DIR, entry, FW_CFG_FILE_DIR_HEADER_SIZE);
 	count = be32(entry);
+	if (count > FW_CFG_MAX_FILE_SLOTS)
+		count = FW_CFG_MAX_FILE_SLOTS; /* a garbage count must not keep us here for hours */
 	for (uint32_t i = 0; i < count; i++) {
 		const char *name = (const char *)entry + FW_CFG_FILE_OFF_NAME;
 
