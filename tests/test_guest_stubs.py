@@ -406,3 +406,12 @@ async def test_a_parked_secondary_stays_held_while_bit_0_is_set(tmp_path: Path) 
     run = await boot_machine(MachineConfig(smp=2, kernel=elf))
 
     assert run.code == 0, f"probe check {run.code} failed"
+
+
+async def test_firmware_boot_hands_the_kernel_the_same_state_as_direct_boot() -> None:
+    """--direct (the machine loads everything, as QEMU does) and the firmware path must agree."""
+    firmware = await boot_machine(demo_config(smp=4, append="same state"))
+    direct = await boot_machine(demo_config(smp=4, append="same state", direct=True))
+
+    assert (firmware.code, direct.code) == (0, 0)
+    assert firmware.console == direct.console
