@@ -204,13 +204,17 @@ static int wait_reported(uint32_t target)
 	return 1;
 }
 
-static void print_regs(struct line *l, const struct entry_regs *r, int fdt_ok)
+/*
+ * "cpu N: r3=... pir=N".  The boot CPU's r3 is printed as "fdt" (it has been checked to point
+ * at a valid tree by then): its value differs between machines, its meaning does not.
+ */
+static void print_regs(struct line *l, const struct entry_regs *r, int boot_cpu)
 {
 	line_str(l, "cpu ");
 	line_dec(l, r->pir);
 	line_str(l, ": r3=");
-	if (r->pir == fdt.boot_cpuid_phys && fdt_ok)
-		line_str(l, "fdt"); /* the address differs between machines; validity does not */
+	if (boot_cpu)
+		line_str(l, "fdt");
 	else
 		line_hex32(l, r->r3);
 	line_str(l, " r4=");
