@@ -27,11 +27,15 @@ class CpuState:
     gpr: tuple[int, ...]
 
     def describe(self) -> str:
-        regs = " ".join(f"r{i}={v:#010x}" for i, v in enumerate(self.gpr[:12]))
-        return (
+        rows = [
+            " ".join(f"r{i}={self.gpr[i]:#010x}" for i in range(start, start + 8))
+            for start in range(0, len(self.gpr), 8)
+        ]
+        head = (
             f"cpu {self.cpu}: pc={self.pc:#010x} msr={self.msr:#010x} lr={self.lr:#010x} "
-            f"ctr={self.ctr:#010x} cr={self.cr:#010x} xer={self.xer:#010x}\n  {regs}"
+            f"ctr={self.ctr:#010x} cr={self.cr:#010x} xer={self.xer:#010x}"
         )
+        return "\n  ".join([head, *rows])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,3 +226,14 @@ class ConsoleOutput(Event):
 
     def describe(self) -> str:
         return f"cpu {self.cpu}: console {self.data!r}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventsLost(Event):
+    """Not a machine event: a subscriber's buffer was full, so ``count`` events were dropped
+    here rather than slow the machine down (see :meth:`machine.eventhub.EventHub.stream`)."""
+
+    count: int
+
+    def describe(self) -> str:
+        return f"{self.count} events lost: the subscriber fell behind"
