@@ -92,6 +92,13 @@ class MachineConfig:
     direct: bool = False
     uuid: str | None = None
     fwcfg_dma: bool = True
+    # --- public API (issue 5) ---
+    #: Write the boot timeline here as Chrome trace-event JSON (Perfetto, chrome://tracing).
+    trace_file: Path | None = None
+    #: Keep every event from power-on (``m.events.history``; streams and ``wait_for`` see
+    #: events that happened before they were called).
+    record_events: bool = False
+
 
 
 class _Slot:
@@ -165,6 +172,7 @@ class E500Machine:
         spin_page = spin_table_base(self.ram_size)
         for cpu in self.cpus:
             cpu.watch_page(spin_page)
+        self._init_public_api()
 
     # --- public ----------------------------------------------------------------------------
 
@@ -260,6 +268,43 @@ class E500Machine:
     def stop(self, code: int = 0, reason: str = "stopped by the host") -> None:
         """Ask a running machine to power off (trio thread)."""
         self._finish(RunResult(code=code, reason=reason))
+
+    # --- public API (issue 5) ---------------------------------------------------------------
+
+    def _init_public_api(self) -> None:
+        """Observers that must exist before power-on (called at the end of ``__init__``)."""
+        self.console.stop_reason = lambda: self.result.reason if self.result else None
+        if self.config.record_events:
+            self.events.record()
+        if self.config.trace_file is not None:
+            self.trace_to(self.config.trace_file)
+
+    def trace_to(self, path: str | Path) -> None:
+        """Write this machine's timeline to ``path`` as Chrome trace-event JSON.
+
+        Call before the machine powers on to see the whole boot; the file is complete when
+        the run ends.  An unwritable path raises :class:`fwcfg.ConfigError`.
+        """
+        from machine.tracefile import TraceWriter
+
+        TraceWriter.attach(self, Path(path))
+
+    async def wait_for(self, predicate: Any, *, timeout: float | None = 10.0) -> Event:
+        """The next event that is an instance of ``predicate`` or satisfies it
+        (see :meth:`machine.eventhub.EventHub.wait_for`)."""
+        return await self.events.wait_for(predicate, timeout=timeout)
+
+    async def wait(self, *, timeout: float | None = None) -> RunResult:
+        """Wait until the run has ended (power-off, fault, timeout, :meth:`stop`); its result.
+
+        Raises :class:`TimeoutError` if it is still running after ``timeout`` seconds."""
+        with trio.move_on_after(float("inf") if timeout is None else timeout):
+            await self.events.wait_ended()
+            if self.result is None:
+                raise RuntimeError("the run was cancelled before the machine stopped")
+            return self.result
+        where = "; ".join(_where(s.cpu) for s in self._slots)
+        raise TimeoutError(f"the machine was still running after {timeout:g} s: {where}")
 
     # --- the CPU tasks ---------------------------------------------------------------------
 
