@@ -25,7 +25,7 @@ import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -76,6 +76,9 @@ from machine.platform import (
 )
 from machine.vcpu import Exit, ExitKind, Fault, VCpu
 
+if TYPE_CHECKING:
+    from machine.gdb_control import DebugControl  # debugger support (issue 6)
+
 
 @dataclass(frozen=True)
 class MachineConfig:
@@ -98,7 +101,6 @@ class MachineConfig:
     #: Keep every event from power-on (``m.events.history``; streams and ``wait_for`` see
     #: events that happened before they were called).
     record_events: bool = False
-
 
 
 class _Slot:
@@ -154,6 +156,8 @@ class E500Machine:
         self._reset_requested = False
         self._running_count = 0
         self._tick_wakeup: trio.Event | None = None
+        #: Set by machine.gdbstub while a debugger may attach (debugger support, issue 6).
+        self.debug: DebugControl | None = None
 
         self.images = boot.load_images(config)
         self._rom_map = mmap.mmap(-1, ROM_SIZE)
@@ -266,7 +270,10 @@ class E500Machine:
         return self._stop_result
 
     def stop(self, code: int = 0, reason: str = "stopped by the host") -> None:
-        """Ask a running machine to power off (trio thread)."""
+        """Ask a running machine to power off (trio thread).  Overrides a pending reset."""
+        if self._reset_requested:
+            self._reset_requested = False
+            self._stop_result = None
         self._finish(RunResult(code=code, reason=reason))
 
     # --- public API (issue 5) ---------------------------------------------------------------
@@ -318,6 +325,8 @@ class E500Machine:
                 pc = await self._spin_table_park(slot)
             self.events.emit(CpuStarted(time=self.now(), cpu=cpu.index, pc=pc))
             while True:
+                if self.debug is not None:  # debugger support (issue 6)
+                    pc = await self.debug.gate(cpu.index, pc)
                 self._set_running(+1)
                 slot.in_slice = True
                 try:
@@ -329,6 +338,8 @@ class E500Machine:
                     slot.generation += 1
                     slot.lot.unpark_all()
                 pc = exit_.pc
+                if self.debug is not None and self.debug.slice_ended(cpu.index, exit_):
+                    continue  # debugger support (issue 6): a breakpoint, watchpoint or step
                 if exit_.kind is ExitKind.KICKED:
                     continue
                 if exit_.kind is ExitKind.PARK:
@@ -339,9 +350,10 @@ class E500Machine:
                                            reason=f"FW_POWEROFF by cpu {cpu.index}"))
                     return
                 elif exit_.kind is ExitKind.RESET:
-                    self.events.emit(Reset(time=self.now(), cpu=cpu.index))
-                    self._reset_requested = True
-                    self._finish(RunResult(code=0, reason="reset"))
+                    if self._stop_result is None:  # a power-off already under way wins
+                        self.events.emit(Reset(time=self.now(), cpu=cpu.index))
+                        self._reset_requested = True
+                        self._finish(RunResult(code=0, reason="reset"))
                     return
                 else:
                     self._fault(slot, exit_)
@@ -564,6 +576,12 @@ class E500Machine:
         for slot in self._slots:
             slot.release = None
             slot.parked = None
+
+    # --- debugger support (issue 6) --------------------------------------------------------
+
+    def cpu_parked(self, index: int) -> ParkReason | None:
+        """Why CPU ``index`` is parked, or None while it runs or waits to run."""
+        return self._slots[index].parked
 
     # --- hooks from the vCPUs (worker threads) ---------------------------------------------
 

@@ -28,9 +28,12 @@ from unicorn import (
     UC_ERR_FETCH_UNMAPPED,
     UC_ERR_READ_UNMAPPED,
     UC_ERR_WRITE_UNMAPPED,
+    UC_HOOK_CODE,
     UC_HOOK_INTR,
     UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ,
     UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE,
     UC_HOOK_MEM_WRITE_PROT,
     UC_HOOK_MEM_WRITE_UNMAPPED,
     UC_MEM_FETCH_UNMAPPED,
@@ -83,6 +86,10 @@ class ExitKind(enum.Enum):
     POWEROFF = "poweroff"
     RESET = "reset"
     FAULT = "fault"
+    # --- debugger support (issue 6) ---
+    BREAKPOINT = "breakpoint"  # a debugger breakpoint, before the instruction at ``pc`` runs
+    WATCHPOINT = "watchpoint"  # a debugger watchpoint; ``request`` is the WatchHit
+    STEP = "step"  # a debugger single-step executed one instruction
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +199,7 @@ class VCpu:
         self._kicked = False
         self._exit: Exit | None = None
         self._worker = _Worker(f"vcpu{index}")
+        self._debug = _DebugState()  # debugger support (issue 6)
         self.pc = 0
         #: Instructions are counted only by the benchmarks; this is the slice count.
         self.slices = 0
@@ -239,6 +247,7 @@ class VCpu:
         # Cancelled is delivered here, before another slice could start.
         await trio.lowlevel.checkpoint_if_cancelled()
         self._apply_watches()
+        self._apply_debug(pc)  # debugger support (issue 6)
         task = trio.lowlevel.current_task()
         token = trio.lowlevel.current_trio_token()
 
@@ -287,13 +296,13 @@ class VCpu:
             self._exit = None
         err: UcError | None = None
         try:
-            self.uc.emu_start(pc, _RUN_FOREVER)
+            self.uc.emu_start(pc, _RUN_FOREVER, 0, 1 if self._debug.step else 0)
         except UcError as e:
             err = e
         finally:
             with self._lock:
                 self._running = False
-                self._kicked = False
+                kicked, self._kicked = self._kicked, False
         here = self.uc.reg_read(UC_PPC_REG_PC)
         if self._exit is not None:
             return self._exit
@@ -304,6 +313,8 @@ class VCpu:
                 UC_ERR_FETCH_UNMAPPED: FaultKind.FETCH_UNMAPPED,
             }.get(err.errno, FaultKind.ENGINE)
             return Exit(ExitKind.FAULT, here, Fault(kind, here, None))
+        if self._debug.step and not kicked:  # debugger support (issue 6)
+            return Exit(ExitKind.STEP, here)
         return Exit(ExitKind.KICKED, here)
 
     def stop_with(self, exit_: Exit) -> None:
@@ -313,6 +324,63 @@ class VCpu:
 
     def close(self) -> None:
         self._worker.close()
+
+    # --- debugger support (issue 6) --------------------------------------------------------
+    # The debugger (machine/gdb_control.py) states what it wants with set_breakpoints,
+    # set_watchpoints and set_step from the trio thread; run() applies it before the slice
+    # starts, while the engine is idle (unicorn is not thread-safe).  Every hook is limited to
+    # its address range, so a machine with no breakpoints pays nothing, and the translation
+    # cache is dropped for the range: unicorn does not re-instrument code it already translated.
+
+    def set_breakpoints(self, addresses: frozenset[int]) -> None:
+        """Stop before executing any of ``addresses`` (applied at the next slice)."""
+        self._debug.breakpoints = addresses
+
+    def set_watchpoints(self, watches: frozenset[Watch]) -> None:
+        """Stop before an access that touches one of ``watches`` (applied at the next slice)."""
+        self._debug.watchpoints = watches
+
+    def set_step(self, step: bool) -> None:
+        """Make the next slice execute exactly one instruction and end with ExitKind.STEP."""
+        self._debug.step = step
+
+    def _apply_debug(self, pc: int) -> None:
+        d = self._debug
+        uc: Any = self.uc  # ctl_flush_tb is missing from unicorn's type hints
+        for addr in set(d.bp_hooks) - d.breakpoints:
+            uc.hook_del(d.bp_hooks.pop(addr))
+            uc.ctl_remove_cache(addr, addr + 4)
+        for addr in d.breakpoints - set(d.bp_hooks):
+            d.bp_hooks[addr] = uc.hook_add(UC_HOOK_CODE, self._on_breakpoint, begin=addr,
+                                           end=addr)
+            uc.ctl_remove_cache(addr, addr + 4)
+        for w in set(d.wp_hooks) - d.watchpoints:
+            uc.hook_del(d.wp_hooks.pop(w))
+            uc.ctl_flush_tb()
+        for w in d.watchpoints - set(d.wp_hooks):
+            kinds = (UC_HOOK_MEM_WRITE if w.write else 0) | (UC_HOOK_MEM_READ if w.read else 0)
+            d.wp_hooks[w] = uc.hook_add(kinds, self._on_watch, user_data=w, begin=w.address,
+                                        end=w.address + w.length - 1)
+            uc.ctl_flush_tb()
+        # A step is counted by instrumentation added when code is translated, so the cache is
+        # dropped before a step, and once more before running freely again.
+        if d.step or d.stepped:
+            uc.ctl_flush_tb()
+        d.stepped = d.step
+        d.start_pc = pc if d.step else -1
+
+    def _on_breakpoint(self, uc: Any, address: int, size: int, _ud: Any) -> None:
+        d = self._debug
+        if address == d.start_pc:
+            d.start_pc = -1
+            return  # a step always executes the instruction it starts on
+        self.stop_with(Exit(ExitKind.BREAKPOINT, address))
+
+    def _on_watch(self, uc: Any, access: int, address: int, size: int, value: int,
+                  w: Watch) -> None:
+        if self._exit is None:
+            pc = uc.reg_read(UC_PPC_REG_PC)
+            self.stop_with(Exit(ExitKind.WATCHPOINT, pc, WatchHit(w, address)))
 
     # --- hooks (worker thread) -------------------------------------------------------------
 
@@ -367,7 +435,12 @@ class VCpu:
 
     def _on_rom_write(self, uc: Any, access: int, address: int, size: int, value: int,
                       _ud: Any) -> bool:
-        return True  # ignored, and execution continues after the store
+        # Returning True would let unicorn perform the store; returning False aborts it.  The
+        # slice then ends and the CPU resumes after the store: the write is ignored, as QEMU
+        # ignores writes to a ROM region.
+        pc = uc.reg_read(UC_PPC_REG_PC)
+        self._exit = Exit(ExitKind.KICKED, pc + 4)
+        return False
 
     def _on_watched_write(self, uc: Any, access: int, address: int, size: int, value: int,
                           _ud: Any) -> bool:
@@ -413,6 +486,36 @@ class VCpu:
             xer=uc.reg_read(UC_PPC_REG_XER),
             gpr=tuple(uc.reg_read(UC_PPC_REG_0 + i) for i in range(32)),
         )
+
+
+# --- debugger support (issue 6) ---
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """A debugger watchpoint: accesses to ``[address, address + length)``."""
+
+    address: int
+    length: int
+    read: bool
+    write: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WatchHit:
+    watch: Watch
+    address: int  # the accessed address
+
+
+@dataclass
+class _DebugState:
+    breakpoints: frozenset[int] = frozenset()
+    watchpoints: frozenset[Watch] = frozenset()
+    step: bool = False
+    stepped: bool = False
+    start_pc: int = -1
+    bp_hooks: dict[int, int] = field(default_factory=dict)
+    wp_hooks: dict[Watch, int] = field(default_factory=dict)
 
 
 def pack_bytes_be(data: bytes, words: int = 4) -> list[int]:

@@ -1,0 +1,121 @@
+"""Wake-on-store: parked CPUs are woken by the store that changes their word, never lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from machine.events import CpuParked, CpuWoken, ParkReason
+
+from .guests import boot
+
+pytestmark = pytest.mark.cross
+
+# Two CPUs take turns on a counter at 0x3000: CPU i may increment it when counter % 2 == i, and
+# otherwise parks with FW_WAIT_STORE until it changes.  A single lost wake-up hangs the pair,
+# which the timeout turns into a failure.  ROUNDS increments in all.
+PING_PONG = """
+    .set ROUNDS, {rounds}
+_start:
+    mr 20, 3                 /* my index */
+    li 21, 0x3000
+again:
+    lwz 4, 0(21)
+    cmpwi 4, ROUNDS
+    bge done
+    andi. 5, 4, 1
+    cmpw 5, 20
+    beq mine
+    mr 3, 21                 /* not my turn: park until the counter moves */
+    hcall HC_FW_WAIT_STORE
+    b again
+mine:
+    addi 4, 4, 1
+    {store}
+    b again
+done:
+    cmpwi 20, 0
+    bne idle
+    lwz 3, 0(21)
+    hcall HC_FW_POWEROFF
+idle:
+    hcall HC_EV_IDLE
+    b idle
+"""
+
+
+@pytest.mark.parametrize(
+    "store",
+    ["stw 4, 0(21)", "sth 4, 2(21)", "li 6, 0\n    stmw 6, 0(21)\n    stw 4, 0(21)"],
+    ids=["stw", "sth-low-half", "stmw-then-stw"],
+)
+async def test_ping_pong_between_two_cpus_never_loses_a_wakeup(store: str) -> None:
+    rounds = 2000
+    b = await boot(PING_PONG.format(rounds=rounds, store=store), smp=2, timeout=60)
+    assert b.result.code == rounds, b.result.reason
+    woken = [e for e in b.of(CpuWoken) if e.by == "store"]
+    assert len(woken) > rounds // 4  # they really parked and were woken by stores
+
+
+async def test_a_store_elsewhere_in_the_page_does_not_wake_the_waiter() -> None:
+    # CPU 1 parks on 0x3000; CPU 0 stores to 0x3004 many times (same page), then to 0x3000.
+    b = await boot("""
+_start:
+    cmpwi 3, 0
+    beq boot_cpu
+    li 3, 0x3000
+    li 4, 0
+    hcall HC_FW_WAIT_STORE
+    mr 3, 4
+    hcall HC_FW_POWEROFF
+boot_cpu:
+    lis 6, 0x100
+    mtctr 6
+1:  bdnz 1b                  /* let CPU 1 park */
+    li 7, 0x3000
+    li 8, 1000
+    mtctr 8
+2:  stw 8, 4(7)
+    bdnz 2b
+    li 8, 0x5a
+    stw 8, 0(7)
+3:  hcall HC_EV_IDLE
+    b 3b
+""", smp=2)
+    assert b.result.code == 0x5A
+    parks = [e for e in b.of(CpuParked) if e.cpu == 1 and e.reason is ParkReason.WAIT_STORE]
+    assert len(parks) == 1
+    assert [e.by for e in b.of(CpuWoken) if e.cpu == 1] == ["store"]
+
+
+async def test_a_fw_cfg_dma_into_the_watched_word_wakes_the_cpu() -> None:
+    # CPU 0 parks on 0x4000.  CPU 1 DMAs the command line ("wxyz") to 0x4000 through fw_cfg.
+    b = await boot("""
+_start:
+    cmpwi 3, 0
+    bne dma_cpu
+    li 3, 0x4000
+    li 4, 0
+    hcall HC_FW_WAIT_STORE
+    mr 3, 4
+    hcall HC_FW_POWEROFF
+dma_cpu:
+    lis 6, 0x100
+    mtctr 6
+1:  bdnz 1b
+    li 7, 0x5000             /* descriptor: SELECT|READ of CMDLINE_DATA, 4 bytes to 0x4000 */
+    li32 8, 0x0015000a
+    stw 8, 0(7)
+    li 8, 4
+    stw 8, 4(7)
+    li 8, 0
+    stw 8, 8(7)
+    li 8, 0x4000
+    stw 8, 12(7)
+    li32 9, FWCFG_BASE
+    li 8, 0
+    stw 8, 0x10(9)
+    stw 7, 0x14(9)          /* the low half starts the transfer */
+2:  hcall HC_EV_IDLE
+    b 2b
+""", smp=2, append="wxyz")
+    assert b.result.code == int.from_bytes(b"wxyz", "big")
