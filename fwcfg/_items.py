@@ -81,6 +81,8 @@ class HostFileItem(Item):
             ) from None
         try:
             st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise ConfigError(f"fw_cfg host file {str(path)!r} is a directory")
             if not stat.S_ISREG(st.st_mode):
                 raise ConfigError(f"fw_cfg host file {str(path)!r} is not a regular file")
             try:
@@ -97,18 +99,24 @@ class HostFileItem(Item):
         self._map: mmap.mmap | None = None
         self._mview: memoryview | None = None
 
-    def _mapping(self) -> memoryview:
+    def _mapping(self, current: int) -> memoryview:
+        """The file mapped read-only, at most :attr:`size` bytes (less if it already shrank)."""
         if self._mview is None:
-            self._map = mmap.mmap(self._fd, self.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            length = min(self.size, current)
+            if length == 0:
+                return memoryview(b"")
+            self._map = mmap.mmap(self._fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
             self._map.madvise(mmap.MADV_SEQUENTIAL)
             self._mview = memoryview(self._map)
         return self._mview
 
     def view(self, offset: int, length: int) -> Buffer:
-        available = max(0, min(length, os.fstat(self._fd).st_size - offset))
+        current = os.fstat(self._fd).st_size
+        mapping = self._mapping(current)
+        available = max(0, min(length, min(current, len(mapping)) - offset))
         if available == length:
-            return self._mapping()[offset : offset + length]
-        return bytes(self._mapping()[offset : offset + available]) + bytes(length - available)
+            return mapping[offset : offset + length]
+        return bytes(mapping[offset : offset + available]) + bytes(length - available)
 
     def close(self) -> None:
         """Release the mapping and the descriptor (the item then must not be read again)."""
