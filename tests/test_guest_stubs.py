@@ -22,11 +22,19 @@ from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from fwcfg import Key
+from fwcfg import DmaControl, Key
 from machine import boot
 from machine import platform as P
 from machine.board import E500Machine, MachineConfig
-from machine.events import CpuReleased, CpuWoken, Event, FwCfgDma, FwCfgSelect, Hypercall
+from machine.events import (
+    CpuReleased,
+    CpuWoken,
+    Event,
+    FwCfgDma,
+    FwCfgSelect,
+    Hypercall,
+    Reset,
+)
 from machine.guest import DEMO_ELF, FIRMWARE_ELF, FirmwareExit
 from machine.loader import load_kernel
 
@@ -415,3 +423,136 @@ async def test_firmware_boot_hands_the_kernel_the_same_state_as_direct_boot() ->
 
     assert (firmware.code, direct.code) == (0, 0)
     assert firmware.console == direct.console
+
+
+#: First boot: count the boot in a writable fw_cfg file (the one thing that survives FW_RESET),
+#: then FW_RESET.  Second boot: the firmware must have parked CPU 1 again, so releasing it
+#: through its spin-table entry works; power off with 0 (or the number of the failed check).
+RESET_PROBE_ASM = r"""
+    .text
+    .globl _start
+_start:
+    lis 20, desc@ha
+    addi 20, 20, desc@l
+    lis 21, count@ha
+    addi 21, 21, count@l
+    lis 22, FWCFG@h
+    ori 22, 22, FWCFG@l
+    lis 0, KEY
+    ori 0, 0, SELECT_READ
+    bl dma
+    lwz 5, 0(21)
+    cmpwi 5, 0
+    bne second
+    li 0, 1
+    stw 0, 0(21)
+    lis 0, KEY
+    ori 0, 0, SELECT_WRITE
+    bl dma
+    lis 11, RESET@h
+    ori 11, 11, RESET@l
+    sc 1
+    li 3, 31               # FW_RESET came back
+    b fail
+
+second:
+    lis 20, SPIN1@ha
+    addi 20, 20, SPIN1@l
+    lwz 0, 4(20)           # armed again after the reset
+    li 3, 32
+    cmpwi 0, 1
+    bne fail
+    lis 5, secondary@ha
+    addi 5, 5, secondary@l
+    stw 5, 4(20)
+    msync
+    lis 21, flag@ha
+    addi 21, 21, flag@l
+1:  lwz 4, 0(21)
+    cmpwi 4, 0
+    bne 2f
+    mr 3, 21
+    lis 11, WAIT_STORE@h
+    ori 11, 11, WAIT_STORE@l
+    sc 1
+    b 1b
+2:  li 3, 0
+fail:
+    lis 11, POWEROFF@h
+    ori 11, 11, POWEROFF@l
+    sc 1
+    b .
+
+# dma: r0 = control; 4 bytes between the item and `count`; fails with 30 on ERROR
+dma:
+    stw 0, 0(20)
+    li 0, 4
+    stw 0, 4(20)
+    li 0, 0
+    stw 0, 8(20)
+    stw 21, 12(20)
+    msync
+    stw 0, 0x10(22)
+    stw 20, 0x14(22)
+    msync
+    lwz 0, 0(20)
+    li 3, 30
+    cmpwi 0, 0
+    bne fail
+    blr
+
+secondary:
+    lis 12, flag@ha
+    addi 12, 12, flag@l
+    li 0, 1
+    stw 0, 0(12)
+    msync
+3:  lis 11, IDLE@h
+    ori 11, 11, IDLE@l
+    sc 1
+    b 3b
+
+    .data
+    .balign 16
+desc: .space 16
+count: .long 0
+flag: .long 0
+"""
+
+
+@pytest.mark.cross
+@pytest.mark.skipif(not HAVE_CROSS, reason="powerpc-linux-gnu cross tools not installed")
+async def test_after_fw_reset_the_firmware_boots_again_and_parks_the_secondaries(
+    tmp_path: Path,
+) -> None:
+    writes: list[tuple[int, bytes]] = []
+    key = Key.FILE_FIRST + 1  # after "etc/fdt" in the sorted directory
+    defs = {
+        "SPIN1": P.spin_entry_addr(P.DEFAULT_RAM_SIZE, 1),
+        "KEY": key,
+        "SELECT_READ": DmaControl.SELECT | DmaControl.READ,
+        "SELECT_WRITE": DmaControl.SELECT | DmaControl.WRITE,
+        "FWCFG": P.FWCFG_BASE,
+        "RESET": P.Hcall.FW_RESET,
+        "WAIT_STORE": P.Hcall.FW_WAIT_STORE,
+        "POWEROFF": P.Hcall.FW_POWEROFF,
+        "IDLE": P.Hcall.EV_IDLE,
+    }
+    src, obj, elf = tmp_path / "reset.S", tmp_path / "reset.o", tmp_path / "reset.elf"
+    src.write_text(RESET_PROBE_ASM)
+    subprocess.run([CROSS + "as", "-me500", *(f"--defsym={k}={int(v)}" for k, v in defs.items()),
+                    str(src), "-o", str(obj)], check=True)
+    subprocess.run([CROSS + "ld", "-N", "--no-warn-rwx-segments", "-Ttext=0x10000",
+                    "-e", "_start", str(obj), "-o", str(elf)], check=True)
+
+    def add_counter(m: E500Machine) -> None:
+        added = m.fwcfg.add_file("opt/boots", bytes(4), writable=True,
+                                 on_write=lambda offset, data: writes.append((offset, data)))
+        assert added == key
+
+    run = await boot_machine(MachineConfig(smp=2, kernel=elf), prepare=add_counter)
+
+    assert run.code == 0, f"reset probe check {run.code} failed"
+    assert writes == [(0, (1).to_bytes(4, "big"))], "the first boot counted itself once"
+    assert len(run.of(Reset)) == 1
+    assert [e.cpu for e in run.of(CpuReleased)] == [1, 1], "FW_CPU_RELEASE once per boot"
