@@ -12,11 +12,16 @@ any CPU (what the differential test drives); otherwise the machine boots (:func:
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import stat
 import sys
 import uuid as uuidlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn, TextIO
+
+import trio
 
 from fwcfg import (
     ConfigError,
@@ -29,7 +34,9 @@ from fwcfg import (
     parse_fw_cfg_option,
 )
 from machine import platform
+from machine.board import E500Machine, MachineConfig, RunResult
 from machine.bus import e500_address_map
+from machine.events import Event as MachineEvent
 from machine.memory import GuestRAM
 from machine.qtest import QtestServer, open_chardev, serve
 
@@ -182,10 +189,81 @@ def run_qtest(args: argparse.Namespace, trace: TextIO | None) -> int:
 # --- booting ---------------------------------------------------------------------------------
 
 
-def boot(args: argparse.Namespace, trace: TextIO | None) -> int:
-    """BOOT PATH: run the machine.  Not wired yet; the board replaces this function."""
-    print(f"{PROG}: booting is not wired yet", file=sys.stderr)
-    return 2
+def machine_config(args: argparse.Namespace) -> MachineConfig:
+    """The machine the options describe (host-side checks happen when it is built)."""
+    cpus, _max_cpus = parse_smp(args.smp)
+    kernel = args.kernel
+    if args.demo and kernel is None:
+        from machine.guest import DEMO_ELF
+
+        kernel = str(DEMO_ELF)
+    return MachineConfig(
+        ram_size=parse_memory(args.memory),
+        smp=cpus,
+        kernel=Path(kernel) if kernel else None,
+        initrd=Path(args.initrd) if args.initrd else None,
+        append=args.append,
+        dtb=Path(args.dtb) if args.dtb else None,
+        bios=Path(args.bios) if args.bios else None,
+        fw_cfg=parse_fw_cfg_options(args.fw_cfg),
+        direct=args.direct,
+        uuid=args.uuid,
+        trace_file=Path(args.trace_file) if args.trace_file else None,
+    )
+
+
+def boot(args: argparse.Namespace) -> int:
+    """Build the machine, boot it with the console on stdout/stdin, return the exit status.
+
+    The status is FW_POWEROFF's code (modulo 256, as for any process); a guest fault is 125
+    and a ``--timeout`` is 124, each with a message on stderr that says where the CPUs were.
+    """
+    machine = E500Machine(machine_config(args))
+    out = sys.stdout.buffer
+
+    def on_console(_cpu: int, data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    machine.console.add_listener(on_console)
+    if args.trace:
+        def on_event(event: MachineEvent) -> None:
+            print(f"[{event.time:10.6f}] {event.describe()}", file=sys.stderr, flush=True)
+
+        machine.events.subscribe(on_event)
+    try:
+        result = trio.run(_boot_main, machine, args)
+    finally:
+        machine.close()
+    if result.fault is not None or result.code == 124 and "timeout" in result.reason:
+        print(f"{PROG}: {result.reason}", file=sys.stderr)
+    return result.code & 0xFF
+
+
+async def _boot_main(machine: E500Machine, args: argparse.Namespace) -> RunResult:
+    async with trio.open_nursery() as nursery:
+        if _stdin_is_readable():
+            nursery.start_soon(_pump_stdin, machine)
+        result = await machine.run(timeout=args.timeout)
+        nursery.cancel_scope.cancel()
+    return result
+
+
+def _stdin_is_readable() -> bool:
+    try:
+        return sys.stdin is not None and not sys.stdin.closed and os.isatty(0) or (
+            sys.stdin is not None and stat.S_ISFIFO(os.fstat(0).st_mode)
+        )
+    except (OSError, ValueError):
+        return False
+
+
+async def _pump_stdin(machine: E500Machine) -> None:
+    """Console input: stdin bytes become EV_BYTE_CHANNEL_RECEIVE data."""
+    stream = trio.lowlevel.FdStream(os.dup(0))
+    async with stream:
+        while data := await stream.receive_some(4096):
+            machine.console.feed(data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     trace_file: TextIO | None = None
     try:
         args = build_parser().parse_args(argv)
+        if args.qtest is None:
+            return boot(args)
         if args.trace_file:
             try:
                 trace_file = open(args.trace_file, "w", encoding="utf-8")  # noqa: SIM115
@@ -201,9 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"--trace-file {args.trace_file!r} cannot be written: {err.strerror}"
                 ) from None
         trace = trace_file if trace_file is not None else (sys.stderr if args.trace else None)
-        if args.qtest is not None:
-            return run_qtest(args, trace)
-        return boot(args, trace)
+        return run_qtest(args, trace)
     except (ConfigError, _UsageError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
