@@ -25,7 +25,7 @@ import ctypes
 import os
 import struct
 import threading
-from typing import Any
+from typing import Any, cast
 
 from unicorn import UC_ARCH_PPC, UC_MODE_BIG_ENDIAN, UC_MODE_PPC32, UC_TLB_VIRTUAL, Uc
 from unicorn.ppc_const import (
@@ -49,9 +49,9 @@ _spr_offset: int | None = None
 
 def new_e500(ram: tuple[int, int] | None = None) -> Uc:
     """A fresh e500v2 unicorn instance in the only safe TLB mode (see reference/unicorn.md)."""
-    uc = Uc(UC_ARCH_PPC, UC_MODE_PPC32 | UC_MODE_BIG_ENDIAN)
+    uc: Any = Uc(UC_ARCH_PPC, UC_MODE_PPC32 | UC_MODE_BIG_ENDIAN)
     uc.ctl_set_cpu_model(UC_CPU_PPC32_E500V2_V22)
-    uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+    uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)  # not in unicorn's type stubs, present in 2.1.4
     return uc
 
 
@@ -85,7 +85,7 @@ def _find_env(uc: Uc) -> int:
                     return min(0x40000, hi - p)
             return 0
 
-        handle = uc._uch.value
+        handle = int(cast(Any, uc)._uch.value)
         span = window(handle)
         if span < 8:
             raise EngineLayoutError("cannot read the unicorn engine structure")

@@ -14,7 +14,9 @@ from machine.guest import DEMO_ELF
 from .guests import PUTS
 
 
-def run(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+def run(
+    *args: str, stdin: bytes | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "machine", *args],
         input=stdin if stdin is not None else b"",

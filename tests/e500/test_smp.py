@@ -35,7 +35,8 @@ async def test_firmware_boots_the_demo_on_n_cpus(smp: int) -> None:
     assert sorted(int(n) for n, *_ in lines) == list(range(smp))
     for n, r3, r6, r7, pir in lines:
         if int(n) > 0:  # released secondaries: r3 = index, r6 = 0, r7 = 64 MiB, PIR = index
-            assert (int(r3, 16), int(r6, 16), int(r7, 16), int(pir)) == (int(n), 0, 64 << 20, int(n))
+            got = (int(r3, 16), int(r6, 16), int(r7, 16), int(pir))
+            assert got == (int(n), 0, 64 << 20, int(n))
     assert (f"all {smp} cpus up" if smp > 1 else "1 cpu up") in text
     # The firmware pulled the kernel and the device tree through fw_cfg DMA.
     names = {e.name for e in events if isinstance(e, FwCfgDma) and e.op == "read"}
