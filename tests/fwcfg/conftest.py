@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from fwcfg_scenario import KERNEL, RAM_BASE, RAM_SIZE
 
 from fwcfg import BytearrayMemory, FwCfg, Key
-from fwcfg_scenario import KERNEL, RAM_BASE, RAM_SIZE
 
 
 @pytest.fixture

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import pytest
-
-from fwcfg import DMA_SIGNATURE, BytearrayMemory, DmaAccess, DmaControl, FwCfg, IoPort, Key
-from fwcfg import MmioWide, Selected
-
 from fwcfg_scenario import BUF, DESC, KERNEL
+
+from fwcfg import (
+    DMA_SIGNATURE,
+    BytearrayMemory,
+    DmaAccess,
+    DmaControl,
+    FwCfg,
+    IoPort,
+    Key,
+    MmioWide,
+    Selected,
+)
 
 
 def select(mmio: MmioWide, key: int) -> None:
