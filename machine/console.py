@@ -308,10 +308,11 @@ class Console:
         window = self.unread
         consumed = self._cursor - self._out_base
         lines = [headline + "."]
+        earlier = f" ({consumed} bytes before it were matched earlier)" if consumed else ""
         if not window:
-            lines.append("The guest printed nothing since the last match"
-                         + (f" ({consumed} bytes before it were matched earlier)."
-                            if consumed else "."))
+            lines.append(f"The guest printed nothing since the last match{earlier}.")
+        elif not window.strip():
+            lines.append(f"The guest printed only {window!r} since the last match{earlier}.")
         else:
             quoted = window[-_QUOTE_MAX:].decode("utf-8", "replace")
             cut = "" if len(window) <= _QUOTE_MAX else f" (the last {_QUOTE_MAX})"
