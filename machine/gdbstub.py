@@ -1,0 +1,667 @@
+"""A GDB remote stub for the machine: QEMU's ``-s``, ``-gdb tcp::PORT`` and ``-S``.
+
+Every vCPU is a gdb thread (thread id = CPU index + 1), in all-stop mode: when one CPU stops
+(breakpoint, single step, watchpoint, fault, Ctrl-C) all of them stop, and gdb reads a quiet
+machine.  A parked CPU is a thread stopped where it parked (``info threads`` says why).
+
+Layers, each testable alone:
+
+* :mod:`machine.gdb_packets` frames bytes into packets (sans I/O);
+* :class:`GdbSession` answers one packet at a time (sans I/O: payload in, :class:`Reply` out)
+  against the machine and its :class:`~machine.gdb_control.DebugControl`;
+* :class:`GdbServer` owns the TCP listener and the trio tasks of a connection.
+
+It runs inside the machine's trio run: no threads beyond the vCPUs' own.  Nothing a client
+sends can crash the machine: every packet handler runs under one ``except Exception`` that
+answers ``E01``, unknown packets get the empty reply the protocol prescribes, and a dropped
+connection detaches (breakpoints removed, CPUs resumed), as QEMU does.
+
+Cancellation: the server's tasks live in the nursery of :meth:`GdbServer.serve`; cancelling it
+closes the listener and the connection (a client sees the connection close).  CPUs held at
+the gate are the machine's tasks and are cancelled with the machine.  :func:`run_with_gdb`
+ties both together: when the run ends it tells a waiting gdb that the "process" exited
+(``W`` packet), gives that a moment to be sent, then cancels the server.
+
+Memory is guest-physical (unicorn's e500 does no translation): RAM, and the boot ROM for
+reads.  ROM writes and the MMIO window answer ``E0e`` rather than poke a device.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import trio
+from unicorn.ppc_const import (
+    UC_PPC_REG_CR,
+    UC_PPC_REG_CTR,
+    UC_PPC_REG_LR,
+    UC_PPC_REG_MSR,
+    UC_PPC_REG_XER,
+)
+
+from fwcfg import ConfigError
+from machine.gdb_control import Action, DebugControl, Exited, Signal, Stop
+from machine.gdb_packets import (
+    MAX_PACKET,
+    Ack,
+    BadPacket,
+    Interrupt,
+    Packet,
+    PacketReader,
+    escape,
+    frame,
+    unescape,
+)
+from machine.gdb_target import FEATURE_FILES, N_REGS, REG_BYTES, Reg
+from machine.platform import ROM_BASE, ROM_SIZE
+from machine.vcpu import Watch
+
+if TYPE_CHECKING:
+    from machine.board import E500Machine, RunResult
+
+#: QEMU's ``-s``.
+DEFAULT_GDB_ADDRESS: Final = "tcp::1234"
+#: How long a finished run waits for the exit notice to reach gdb before closing.
+EXIT_NOTICE_S: Final = 1.0
+
+_UC_REGS: Final = {
+    Reg.MSR: UC_PPC_REG_MSR,
+    Reg.CR: UC_PPC_REG_CR,
+    Reg.LR: UC_PPC_REG_LR,
+    Reg.CTR: UC_PPC_REG_CTR,
+    Reg.XER: UC_PPC_REG_XER,
+}
+
+# errno-style codes, as gdbserver uses them
+_EPERM: Final = 0x01
+_EFAULT: Final = 0x0E
+_EINVAL: Final = 0x16
+
+
+class GdbError(Exception):
+    """A request the stub refuses; answered ``Exx``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class Then(enum.Enum):
+    """What the connection does after sending a reply."""
+
+    WAIT = "wait"  # nothing: the next packet
+    RUN = "run"  # the machine was resumed: the stop reply comes when it stops
+    CLOSE = "close"  # detach or kill: close the connection
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    payload: bytes | None  # None: send nothing
+    then: Then = Then.WAIT
+
+
+def parse_gdb_address(spec: str) -> tuple[str | None, int]:
+    """``-gdb`` device: ``tcp::PORT``, ``tcp:HOST:PORT``, ``:PORT`` or ``PORT`` (QEMU's
+    spellings).  No host means every interface, as in QEMU."""
+    text = spec.strip()
+    rest = text[4:] if text.startswith("tcp:") else text
+    host, sep, port_text = rest.rpartition(":")
+    if not sep:
+        host, port_text = "", rest
+    host = host.strip("[]")
+    try:
+        port = int(port_text, 10)
+    except ValueError:
+        raise ConfigError(f"-gdb {spec!r}: expected tcp::PORT or tcp:HOST:PORT") from None
+    if not 0 <= port <= 0xFFFF:
+        raise ConfigError(f"-gdb {spec!r}: port {port} is not a TCP port")
+    return (host or None), port
+
+
+# --- one connection, sans I/O -------------------------------------------------------------------
+
+
+class GdbSession:
+    """The remote protocol for one gdb connection.  :meth:`handle` never raises."""
+
+    def __init__(self, machine: E500Machine, control: DebugControl) -> None:
+        self.machine = machine
+        self.control = control
+        self.no_ack = False
+        self._g_thread: int | None = None  # CPU index for g/G/p/P; None: the current one
+        self._c_thread: int | None = None  # CPU index for legacy s; None: the current one
+        self._handlers: dict[str, Callable[[bytes], Reply]] = {
+            "?": self._why,
+            "g": self._read_all,
+            "G": self._write_all,
+            "p": self._read_one,
+            "P": self._write_one,
+            "m": self._read_mem,
+            "M": self._write_mem_hex,
+            "X": self._write_mem_bin,
+            "Z": self._insert,
+            "z": self._remove,
+            "c": self._continue,
+            "C": self._continue,
+            "s": self._step,
+            "S": self._step,
+            "H": self._select_thread,
+            "T": self._thread_alive,
+            "k": self._kill,
+            "D": self._detach,
+        }
+        self._queries: dict[str, Callable[[bytes], Reply]] = {
+            "qSupported": self._supported,
+            "qXfer": self._xfer,
+            "qfThreadInfo": lambda _: _ok(self._thread_list()),
+            "qsThreadInfo": lambda _: _ok(b"l"),
+            "qC": lambda _: _ok(b"QC%x" % (self._current() + 1)),
+            "qAttached": lambda _: _ok(b"1"),
+            "qThreadExtraInfo": self._extra_info,
+            "qSymbol": lambda _: _ok(b"OK"),
+            "QStartNoAckMode": self._no_ack,
+            "vCont?": lambda _: _ok(b"vCont;c;C;s;S;t"),
+            "vCont": self._vcont,
+            "vKill": self._vkill,
+        }
+
+    # --- dispatch --------------------------------------------------------------------------
+
+    def handle(self, payload: bytes) -> Reply:
+        """Answer one packet.  Errors become ``Exx``; unknown packets the empty reply."""
+        try:
+            handler = self._lookup(payload)
+            if handler is None:
+                return _ok(b"")
+            return handler(payload)
+        except GdbError as e:
+            return _ok(b"E%02x" % e.code)
+        except Exception:
+            return _ok(b"E%02x" % _EPERM)
+
+    def _lookup(self, payload: bytes) -> Callable[[bytes], Reply] | None:
+        if not payload:
+            return None
+        if payload[:1] in b"qQv":
+            name = payload.split(b":", 1)[0].split(b";", 1)[0].split(b",", 1)[0]
+            return self._queries.get(name.decode("ascii", "replace"))
+        return self._handlers.get(chr(payload[0]))
+
+    def stop_reply(self, event: Stop | Exited) -> bytes:
+        """``T`` (a stopped thread) or ``W`` (the machine powered off with this code).
+
+        gdb takes a ``T`` reply to mean that the stub's selected thread is now the stopped
+        one (``record_currthread`` in gdb's remote.c, QEMU does the same), so it is."""
+        if isinstance(event, Exited):
+            return b"W%02x" % (event.code & 0xFF)
+        self._g_thread = self._c_thread = event.cpu
+        out = b"T%02xthread:%x;" % (int(event.signal), event.cpu + 1)
+        if event.watch is not None:
+            w = event.watch.watch
+            kind = b"awatch" if w.read and w.write else b"watch" if w.write else b"rwatch"
+            out += b"%s:%x;" % (kind, event.watch.address)
+        return out
+
+    # --- threads ---------------------------------------------------------------------------
+
+    def _current(self) -> int:
+        stop = self.control.stop
+        return stop.cpu if stop is not None else 0
+
+    def _cpu(self, tid: int | None) -> int:
+        return self._current() if tid is None else tid
+
+    def _parse_tid(self, text: bytes) -> int | None:
+        """A thread id: None for 0 (any) and -1 (all), else the CPU index."""
+        value = int(text, 16)
+        if value in (0, -1):
+            return None
+        if not 1 <= value <= self.control.n_cpus:
+            raise GdbError(_EINVAL)
+        return value - 1
+
+    def _thread_list(self) -> bytes:
+        return b"m" + b",".join(b"%x" % (i + 1) for i in range(self.control.n_cpus))
+
+    def _select_thread(self, p: bytes) -> Reply:
+        op, tid = p[1:2], self._parse_tid(p[2:])
+        if op == b"g":
+            self._g_thread = tid
+        elif op == b"c":
+            self._c_thread = tid
+        else:
+            raise GdbError(_EINVAL)
+        return _ok(b"OK")
+
+    def _thread_alive(self, p: bytes) -> Reply:
+        self._parse_tid(p[1:])
+        return _ok(b"OK")
+
+    def _extra_info(self, p: bytes) -> Reply:
+        i = self._cpu(self._parse_tid(p.split(b",", 1)[1]))
+        parked = self.machine.cpu_parked(i)
+        if self.control.in_slice(i):
+            state = "running"
+        elif parked is not None:
+            state = f"parked: {parked.value}"
+        else:
+            state = "stopped"
+        return _ok(f"CPU {i} [{state}]".encode().hex().encode())
+
+    # --- registers -------------------------------------------------------------------------
+
+    def _quiet_cpu(self, i: int) -> int:
+        if self.control.in_slice(i):
+            raise GdbError(_EPERM)  # a running CPU's registers are its worker thread's
+        return i
+
+    def _get(self, i: int, n: int) -> int:
+        cpu = self.machine.cpus[i]
+        if n < 32:
+            return cpu.gpr(n)
+        if n == Reg.PC:
+            return self.control.pc(i)
+        return int(cpu.uc.reg_read(_UC_REGS[Reg(n)])) & 0xFFFF_FFFF
+
+    def _set(self, i: int, n: int, value: int) -> None:
+        cpu = self.machine.cpus[i]
+        if n < 32:
+            cpu.set_gpr(n, value)
+        elif n == Reg.PC:
+            self.control.set_pc(i, value)
+        else:
+            cpu.uc.reg_write(_UC_REGS[Reg(n)], value)
+
+    def _read_all(self, p: bytes) -> Reply:
+        i = self._quiet_cpu(self._cpu(self._g_thread))
+        return _ok(b"".join(b"%08x" % self._get(i, n) for n in range(N_REGS)))
+
+    def _write_all(self, p: bytes) -> Reply:
+        i = self._quiet_cpu(self._cpu(self._g_thread))
+        data = bytes.fromhex(p[1:].decode("ascii"))
+        if len(data) != N_REGS * REG_BYTES:
+            raise GdbError(_EINVAL)
+        for n in range(N_REGS):
+            self._set(i, n, int.from_bytes(data[4 * n : 4 * n + 4], "big"))
+        return _ok(b"OK")
+
+    def _read_one(self, p: bytes) -> Reply:
+        i = self._quiet_cpu(self._cpu(self._g_thread))
+        n = int(p[1:], 16)
+        if not 0 <= n < N_REGS:
+            raise GdbError(_EINVAL)
+        return _ok(b"%08x" % self._get(i, n))
+
+    def _write_one(self, p: bytes) -> Reply:
+        i = self._quiet_cpu(self._cpu(self._g_thread))
+        num, _, val = p[1:].partition(b"=")
+        n = int(num, 16)
+        data = bytes.fromhex(val.decode("ascii"))
+        if not 0 <= n < N_REGS or len(data) != REG_BYTES:
+            raise GdbError(_EINVAL)
+        self._set(i, n, int.from_bytes(data, "big"))
+        return _ok(b"OK")
+
+    # --- memory ----------------------------------------------------------------------------
+
+    def read_memory(self, addr: int, length: int) -> bytes:
+        """The readable prefix of ``[addr, addr + length)``: RAM and the boot ROM."""
+        ram, rom = self.machine.ram, self.machine.images.rom
+        out = bytearray()
+        while len(out) < length:
+            a, want = addr + len(out), length - len(out)
+            if ram.contains(a, 1):
+                n = min(want, ram.base + ram.size - a)
+                out += ram.read(a, n)
+            elif ROM_BASE <= a < ROM_BASE + ROM_SIZE:
+                n = min(want, ROM_BASE + ROM_SIZE - a)
+                out += rom[a - ROM_BASE : a - ROM_BASE + n]
+            else:
+                break
+        return bytes(out)
+
+    def write_memory(self, addr: int, data: bytes) -> None:
+        """Store into RAM (a watched word wakes its CPU, as a device store would)."""
+        if not self.machine.ram.contains(addr, len(data)):
+            raise GdbError(_EFAULT)
+        self.machine.ram.write(addr, data)
+
+    def _addr_len(self, text: bytes) -> tuple[int, int]:
+        a, _, n = text.partition(b",")
+        addr, length = int(a, 16), int(n, 16)
+        if addr < 0 or length < 0:
+            raise GdbError(_EINVAL)
+        return addr, length
+
+    def _read_mem(self, p: bytes) -> Reply:
+        addr, length = self._addr_len(p[1:])
+        data = self.read_memory(addr, min(length, MAX_PACKET // 2))
+        if length and not data:
+            raise GdbError(_EFAULT)
+        return _ok(data.hex().encode())
+
+    def _write_mem_hex(self, p: bytes) -> Reply:
+        head, _, hexdata = p[1:].partition(b":")
+        addr, length = self._addr_len(head)
+        data = bytes.fromhex(hexdata.decode("ascii"))
+        if len(data) != length:
+            raise GdbError(_EINVAL)
+        self.write_memory(addr, data)
+        return _ok(b"OK")
+
+    def _write_mem_bin(self, p: bytes) -> Reply:
+        head, _, raw = p[1:].partition(b":")
+        addr, length = self._addr_len(head)
+        data = unescape(raw)
+        if len(data) != length:
+            raise GdbError(_EINVAL)
+        if length:
+            self.write_memory(addr, data)
+        return _ok(b"OK")
+
+    # --- breakpoints and watchpoints -------------------------------------------------------
+
+    def _point(self, p: bytes) -> tuple[int, int, int]:
+        kind, addr, size = p[1:].split(b";", 1)[0].split(b",")
+        return int(kind, 16), int(addr, 16), int(size, 16)
+
+    def _watch(self, kind: int, addr: int, size: int) -> Watch:
+        if size <= 0 or addr + size > 1 << 32:
+            raise GdbError(_EINVAL)
+        return Watch(addr, size, read=kind in (3, 4), write=kind in (2, 4))
+
+    def _insert(self, p: bytes) -> Reply:
+        kind, addr, size = self._point(p)
+        if kind in (0, 1):  # software and hardware breakpoints are the same code hook
+            self.control.add_breakpoint(addr & 0xFFFF_FFFF)
+        elif kind in (2, 3, 4):
+            self.control.add_watchpoint(self._watch(kind, addr, size))
+        else:
+            return _ok(b"")
+        return _ok(b"OK")
+
+    def _remove(self, p: bytes) -> Reply:
+        kind, addr, size = self._point(p)
+        if kind in (0, 1):
+            self.control.remove_breakpoint(addr & 0xFFFF_FFFF)
+        elif kind in (2, 3, 4):
+            self.control.remove_watchpoint(self._watch(kind, addr, size))
+        else:
+            return _ok(b"")
+        return _ok(b"OK")
+
+    # --- running ---------------------------------------------------------------------------
+
+    def _resume(self, actions: list[Action]) -> Reply:
+        if all(a is Action.STOP for a in actions):
+            raise GdbError(_EINVAL)
+        self.control.resume(actions)
+        return Reply(None, Then.RUN)
+
+    def _legacy_addr(self, p: bytes, cpu: int) -> None:
+        rest = p[1:]
+        if p[:1] in b"CS":
+            rest = rest.partition(b";")[2]
+        if rest:
+            self.control.set_pc(cpu, int(rest, 16))
+
+    def _continue(self, p: bytes) -> Reply:
+        self._legacy_addr(p, self._current())
+        return self._resume([Action.CONTINUE] * self.control.n_cpus)
+
+    def _step(self, p: bytes) -> Reply:
+        cpu = self._cpu(self._c_thread)
+        self._legacy_addr(p, cpu)
+        actions = [Action.STOP] * self.control.n_cpus
+        actions[cpu] = Action.STEP
+        return self._resume(actions)
+
+    def _vcont(self, p: bytes) -> Reply:
+        """``vCont;ACTION[:TID];...``: for each CPU the leftmost action naming it applies."""
+        n = self.control.n_cpus
+        chosen: list[Action | None] = [None] * n
+        for part in p.split(b";")[1:]:
+            what, _, tid_text = part.partition(b":")
+            verb = what[:1]
+            action = {b"c": Action.CONTINUE, b"C": Action.CONTINUE, b"s": Action.STEP,
+                      b"S": Action.STEP, b"t": Action.STOP}.get(verb)
+            if action is None:
+                raise GdbError(_EINVAL)
+            targets = range(n) if not tid_text else self._tid_range(tid_text)
+            for i in targets:
+                if chosen[i] is None:
+                    chosen[i] = action
+        return self._resume([a if a is not None else Action.STOP for a in chosen])
+
+    def _tid_range(self, text: bytes) -> range:
+        tid = self._parse_tid(text)
+        return range(self.control.n_cpus) if tid is None else range(tid, tid + 1)
+
+    def _why(self, p: bytes) -> Reply:
+        stop = self.control.stop
+        return _ok(self.stop_reply(stop if stop is not None else Stop(0, Signal.TRAP)))
+
+    def _kill(self, p: bytes) -> Reply:
+        self.machine.stop(code=0, reason="killed by the debugger")
+        return Reply(None, Then.CLOSE)
+
+    def _vkill(self, p: bytes) -> Reply:
+        self.machine.stop(code=0, reason="killed by the debugger")
+        return Reply(b"OK", Then.CLOSE)
+
+    def _detach(self, p: bytes) -> Reply:
+        return Reply(b"OK", Then.CLOSE)
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def _supported(self, p: bytes) -> Reply:
+        return _ok(b"PacketSize=%x;qXfer:features:read+;QStartNoAckMode+" % MAX_PACKET)
+
+    def _no_ack(self, p: bytes) -> Reply:
+        self.no_ack = True
+        return _ok(b"OK")
+
+    def _xfer(self, p: bytes) -> Reply:
+        """``qXfer:features:read:ANNEX:OFFSET,LENGTH``."""
+        fields = p.split(b":")
+        if len(fields) != 5 or fields[1] != b"features" or fields[2] != b"read":
+            return _ok(b"")
+        doc = FEATURE_FILES.get(fields[3].decode("ascii", "replace"))
+        if doc is None:
+            raise GdbError(0)
+        offset, length = self._addr_len(fields[4])
+        chunk = doc[offset : offset + min(length, MAX_PACKET // 2)]
+        more = offset + len(chunk) < len(doc)
+        return _ok((b"m" if more else b"l") + escape(chunk))
+
+
+def _ok(payload: bytes) -> Reply:
+    return Reply(payload)
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    item: Packet | Interrupt | Ack | BadPacket
+
+
+@dataclass(frozen=True, slots=True)
+class _Closed:
+    """The client closed the connection (or it broke)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    event: Stop | Exited
+
+
+_Message = _Received | _Closed | _Event
+
+
+class GdbServer:
+    """Serves gdb connections for ``machine``, one at a time (a second client is refused).
+
+    Construct it before the machine powers on: it installs the machine's
+    :class:`~machine.gdb_control.DebugControl`, and with ``wait_for_debugger`` (``-S``) every
+    CPU waits before its first instruction until gdb resumes it.
+    """
+
+    def __init__(self, machine: E500Machine, *, wait_for_debugger: bool = False) -> None:
+        self.machine = machine
+        self.control = DebugControl(machine.cpus, halted=wait_for_debugger)
+        machine.debug = self.control
+        self._connected = False
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def serve(self, address: str = DEFAULT_GDB_ADDRESS, *,
+                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``address`` (``tcp::PORT``...) until cancelled; started with the bound
+        port (useful with port 0)."""
+        host, port = parse_gdb_address(address)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as err:
+            raise ConfigError(f"-gdb {address!r}: cannot listen: {err.strerror}") from None
+        bound = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept, listener, nursery)
+            task_status.started(bound)
+
+    def machine_ended(self, result: RunResult) -> None:
+        """The run is over: a gdb waiting for a stop hears ``W<code>``, then is closed."""
+        self.control.machine_ended(result.code)
+
+    async def wait_idle(self) -> None:
+        """Wait until no gdb is connected."""
+        await self._idle.wait()
+
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                if self._connected:
+                    await stream.aclose()  # one debugger at a time, as in QEMU
+                    continue
+                self._connected = True
+                self._idle = trio.Event()
+                nursery.start_soon(self._connection, stream)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        session = GdbSession(self.machine, self.control)
+        try:
+            async with stream:
+                await self._converse(session, stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass
+        finally:
+            if self.control.exited is None:
+                self.control.detach()  # breakpoints out, the machine runs on
+            self._connected = False
+            self._idle.set()
+
+    async def _converse(self, session: GdbSession, stream: trio.SocketStream) -> None:
+        control = self.control
+        control.report_faults = True
+        # QEMU stops the machine when a debugger attaches; gdb expects a stopped target.
+        if control.stop is None:
+            control.halt(Signal.TRAP)
+        send, inbox = trio.open_memory_channel[_Message](math.inf)
+        last: bytes = b""
+        running = False
+
+        async def write(payload: bytes) -> None:
+            nonlocal last
+            last = frame(payload)
+            await stream.send_all(last)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read, stream, send.clone())
+            nursery.start_soon(self._watch_exit, send.clone())
+            await control.wait_event()
+            while True:
+                msg = await inbox.receive()
+                if isinstance(msg, _Closed):
+                    break
+                if isinstance(msg, _Event):
+                    if isinstance(msg.event, Exited):
+                        if running:
+                            await write(session.stop_reply(msg.event))
+                        break
+                    if running:
+                        running = False
+                        await write(session.stop_reply(msg.event))
+                    continue
+                item = msg.item
+                if isinstance(item, Interrupt):
+                    if running:
+                        control.halt(Signal.INT)
+                    continue
+                if isinstance(item, Ack):
+                    if not item.ok and last:
+                        await stream.send_all(last)
+                    continue
+                if isinstance(item, BadPacket):
+                    if not session.no_ack:
+                        await stream.send_all(b"-")
+                    continue
+                if not session.no_ack:
+                    await stream.send_all(b"+")
+                reply = session.handle(item.payload)
+                if reply.payload is not None:
+                    await write(reply.payload)
+                if reply.then is Then.CLOSE:
+                    break
+                if reply.then is Then.RUN:
+                    running = True
+                    nursery.start_soon(self._wait_stop, send.clone())
+            nursery.cancel_scope.cancel()
+
+    async def _read(self, stream: trio.SocketStream,
+                    send: trio.MemorySendChannel[_Message]) -> None:
+        reader = PacketReader()
+        async with send:
+            while True:
+                try:
+                    data = await stream.receive_some(4096)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                    data = b""
+                if not data:
+                    await send.send(_Closed())
+                    return
+                for item in reader.feed(data):
+                    await send.send(_Received(item))
+
+    async def _wait_stop(self, send: trio.MemorySendChannel[_Message]) -> None:
+        async with send:
+            await send.send(_Event(await self.control.wait_event()))
+
+    async def _watch_exit(self, send: trio.MemorySendChannel[_Message]) -> None:
+        async with send:
+            await send.send(_Event(await self.control.wait_exited()))
+
+
+async def run_with_gdb(machine: E500Machine, address: str = DEFAULT_GDB_ADDRESS, *,
+                       wait_for_debugger: bool = False, timeout: float | None = None,
+                       task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+                       ) -> RunResult:
+    """Run ``machine`` with a gdb stub on ``address`` (``-gdb``/``-s``; ``-S`` is
+    ``wait_for_debugger``).  Started (with ``nursery.start``) once listening, with the bound
+    port.  Returns the run's result; a connected gdb is told the machine exited."""
+    server = GdbServer(machine, wait_for_debugger=wait_for_debugger)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.serve, address)
+        task_status.started(port)
+        result = await machine.run(timeout=timeout)
+        server.machine_ended(result)
+        with trio.move_on_after(EXIT_NOTICE_S):
+            await server.wait_idle()
+        nursery.cancel_scope.cancel()
+    return result
