@@ -20,7 +20,6 @@ from machine.console import (
     ConsoleTimeout,
 )
 from machine.platform import CONSOLE_TX_SPACE
-from tests.e500.guests import PUTS
 
 
 async def attached() -> Console:
@@ -203,6 +202,12 @@ quit:
 """
 
 PANIC = """
+    .macro puts4 word, count
+    li 3, 0
+    li 4, \\count
+    li32 5, \\word
+    hcall HC_EV_BYTE_CHANNEL_SEND
+    .endm
 _start:
     puts4 0x6f6b0a00, 3     # "ok\\n"
     puts4 0x70616e69, 4     # "pani"
@@ -229,7 +234,7 @@ async def test_console_input_reaches_an_idle_guest_and_its_echo_comes_back(e500:
 
 @pytest.mark.cross
 async def test_a_guest_panic_fails_the_expect_without_waiting(e500: object) -> None:
-    m = await e500(bios=assemble(PUTS + PANIC))  # type: ignore[operator]
+    m = await e500(bios=assemble(PANIC))  # type: ignore[operator]
     await m.console.expect("ok")
     with trio.fail_after(5), pytest.raises(ConsoleFailure, match="'panic' appeared"):
         await m.console.expect("login:", timeout=None, fail="panic")
