@@ -1,0 +1,121 @@
+"""The qtest port: each command, big-endian values, dispatch through the map, bad lines."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+
+import pytest
+
+from fwcfg import FwCfg, Key, MmioWide, Selected
+from machine import platform
+from machine.bus import e500_address_map
+from machine.memory import GuestRAM
+from machine.qtest import QtestServer
+
+FW = platform.FWCFG_BASE
+RAM_SIZE = 16 * platform.MiB  # GuestRAM itself has no minimum
+
+
+@pytest.fixture
+def machine() -> Iterator[tuple[QtestServer, GuestRAM, list[object]]]:
+    ram = GuestRAM(RAM_SIZE)
+    dev = FwCfg(ram)
+    dev.add_u16(Key.NB_CPUS, 2)
+    dev.add_string_file("opt/x", "0123456789abcdef")
+    events: list[object] = []
+    server = QtestServer(e500_address_map(ram, MmioWide(dev)), on_event=events.append)
+    yield server, ram, events
+    dev.close()
+    ram.close()
+
+
+def ask(server: QtestServer, *lines: str) -> list[str | None]:
+    return [server.handle(line) for line in lines]
+
+
+def test_ram_values_are_composed_big_endian(machine: tuple[QtestServer, GuestRAM, list]) -> None:
+    server, ram, _ = machine
+    assert ask(server, "writel 0x100 0x11223344", "readl 0x100", "readw 0x102", "readb 0x103",
+               "readq 0x100") == ["OK", "OK 0x0000000011223344", "OK 0x0000000000003344",
+                                  "OK 0x0000000000000044", "OK 0x1122334400000000"]
+    assert ram.read(0x100, 4) == bytes.fromhex("11223344")
+    assert ask(server, "writeq 0x200 0x0102030405060708", "read 0x200 8") == [
+        "OK", "OK 0x0102030405060708"]
+    assert ask(server, "writeb 0x300 0x1ff", "readb 0x300") == ["OK", "OK 0x00000000000000ff"]
+    assert ask(server, "writew 0x300 01234", "readw 0x300") == ["OK", "OK 0x000000000000029c"]
+
+
+def test_byte_string_commands(machine: tuple[QtestServer, GuestRAM, list]) -> None:
+    server, _, _ = machine
+    payload = bytes(range(20))
+    b64 = base64.b64encode(payload).decode()
+    assert ask(server, f"b64write 0x1000 20 {b64}", "b64read 0x1000 20", "read 0x1000 4") == [
+        "OK", f"OK {b64}", "OK 0x00010203"]
+    assert ask(server, "write 0x2000 4 0xaabbc", "read 0x2000 4") == ["OK", "OK 0xaabb0000"]
+    assert ask(server, "memset 0x3000 5 0x5a", "read 0x2fff 7") == ["OK", "OK 0x005a5a5a5a5a00"]
+    assert ask(server, "b64write 0x4000 4 AAE=", "read 0x4000 4") == ["OK", "OK 0x00010000"]
+    assert ask(server, "read 0x10 0", "endianness") == ["OK 0x", "OK big"]
+
+
+def test_fw_cfg_registers_through_the_map(machine: tuple[QtestServer, GuestRAM, list]) -> None:
+    server, _, events = machine
+    assert ask(server, f"readq {FW + 0x10:#x}") == ["OK 0x51454d5520434647"]
+    assert ask(server, f"writew {FW + 8:#x} 0x5", f"readw {FW:#x}", f"readw {FW:#x}") == [
+        "OK", "OK 0x0000000000000200", "OK 0x0000000000000000"]
+    assert events == [Selected(key=5, name="nb_cpus", valid=True)]
+    assert ask(server, f"writew {FW + 8:#x} 0x20", f"read {FW:#x} 16") == [
+        "OK", "OK 0x" + b"01234567".hex() + "00" * 8]  # data, then the unreadable selector
+    assert ask(server, f"readl {FW + 8:#x}", f"writel {FW + 8:#x} 0x1") == [
+        "OK 0x0000000000000000", "OK"]  # a 4-byte store at the selector: rejected, as a guest
+    assert ask(server, f"readq {FW:#x}") == ["OK 0x3839616263646566"]
+
+
+def test_fw_cfg_dma_through_qtest(machine: tuple[QtestServer, GuestRAM, list]) -> None:
+    server, _, events = machine
+    desc = (0x0020_000A).to_bytes(4, "big") + (16).to_bytes(4, "big") + (0x800).to_bytes(8, "big")
+    assert ask(server, f"write 0x700 16 0x{desc.hex()}", f"writeq {FW + 0x10:#x} 0x700",
+               "read 0x700 4", "read 0x800 16") == [
+        "OK", "OK", "OK 0x00000000", "OK 0x" + b"0123456789abcdef".hex()]
+    assert str(events[-1]) == "fw_cfg DMA read 16 bytes of opt/x at offset 0 to 0x800"
+
+
+def test_holes_and_rom_space_read_zero_and_ignore_writes(
+    machine: tuple[QtestServer, GuestRAM, list],
+) -> None:
+    server, _, _ = machine
+    assert ask(server, "writel 0xe0000000 0x1234", "readl 0xe0000000", "readq 0xfff00000",
+               f"read {RAM_SIZE - 2:#x} 4") == ["OK", "OK 0x0000000000000000",
+                                                 "OK 0x0000000000000000", "OK 0x00000000"]
+    assert ask(server, f"writel {RAM_SIZE - 2:#x} 0xaabbccdd", f"read {RAM_SIZE - 2:#x} 4") == [
+        "OK", "OK 0xaabb0000"]
+
+
+@pytest.mark.parametrize(
+    ("line", "answer"),
+    [
+        ("bogus 1 2", "FAIL Unknown command 'bogus'"),
+        ("readb", "FAIL readb takes 1 argument"),
+        ("readl 0x10 0x20", "FAIL readl takes 1 argument"),
+        ("writel 0x10", "FAIL writel takes 2 arguments"),
+        ("readl zz", "FAIL invalid address 'zz'"),
+        ("readl 0x1ffffffffffffffff", "FAIL address '0x1ffffffffffffffff' is out of range"),
+        ("writeb 0 -1", "FAIL value '-1' is out of range"),
+        ("writeb 0 09", "FAIL invalid value '09'"),
+        ("read 0 999999999", "FAIL size 999999999 is larger than 67108864"),
+        ("write 0 4 1234", "FAIL data '1234' must start with 0x"),
+        ("write 0 4 0xzz", "FAIL data '0xzz' is not hexadecimal"),
+        ("b64write 0 4 !!!", "FAIL data '!!!' is not base64"),
+        ("endianness now", "FAIL endianness takes 0 arguments"),
+    ],
+)
+def test_bad_lines_answer_fail_and_never_raise(
+    machine: tuple[QtestServer, GuestRAM, list], line: str, answer: str
+) -> None:
+    server, _, _ = machine
+    assert server.handle(line) == answer
+    assert server.handle("readb 0") == "OK 0x0000000000000000"  # still serving
+
+
+def test_blank_lines_get_no_answer(machine: tuple[QtestServer, GuestRAM, list]) -> None:
+    assert machine[0].handle("   \n") is None
