@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
+from collections.abc import Iterator
+
+import pytest
 
 from fwcfg import BytearrayMemory, DmaAccess, DmaControl, FwCfg
 
 THREADS = 8
 ROUNDS = 200
+
+
+@pytest.fixture(autouse=True)
+def eager_thread_switches() -> Iterator[None]:
+    """Switch threads as often as the interpreter can, so that races show up quickly."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
 
 
 def test_concurrent_dma_transfers_each_get_their_own_file() -> None:
