@@ -15,6 +15,7 @@ GIL briefly and never touch trio except through ``TrioToken.run_sync_soon``.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import struct
 import threading
@@ -38,6 +39,7 @@ from unicorn import (
     UC_HOOK_MEM_WRITE_UNMAPPED,
     UC_MEM_FETCH_UNMAPPED,
     UC_MEM_READ_UNMAPPED,
+    UC_MEM_WRITE,
     UC_PROT_ALL,
     UC_PROT_EXEC,
     UC_PROT_READ,
@@ -66,7 +68,7 @@ from machine.platform import (
     SPR_SRR0,
     SPR_SRR1,
 )
-from machine.ucenv import SprAccess, new_e500
+from machine.ucenv import EngineLayoutError, SprAccess, new_e500
 
 #: emu_start's "until" address: odd, so no instruction fetch ever reaches it.
 _RUN_FOREVER = 0xFFFF_FFFF
@@ -179,6 +181,9 @@ class VCpu:
         self.uc = uc = new_e500()
         self.sprs = SprAccess(uc)
         self.sprs.write(SPR_PIR, index)
+        self._bind_gprs()
+        self._rom_address = rom_address
+        self.hcall_pc = 0
         uc.mem_map_ptr(ram.base, ram.size, UC_PROT_ALL, ram.address)
         uc.mem_map_ptr(ROM_BASE, ROM_SIZE, UC_PROT_READ | UC_PROT_EXEC, rom_address)
         uc.mmio_map(FWCFG_BASE, PAGE_SIZE, self._mmio_read, None, self._mmio_write, None)
@@ -304,6 +309,7 @@ class VCpu:
                 self._running = False
                 kicked, self._kicked = self._kicked, False
         here = self.uc.reg_read(UC_PPC_REG_PC)
+        self._undo_watched_store()  # debugger support (issue 6)
         if self._exit is not None:
             return self._exit
         if err is not None:
@@ -368,6 +374,10 @@ class VCpu:
             uc.ctl_flush_tb()
         d.stepped = d.step
         d.start_pc = pc if d.step else -1
+        # A watchpoint stops the slice after the store reached memory but before the
+        # instruction finished (registers, PC); resuming re-executes it, and that first
+        # access must not report the same hit again.
+        d.skip_watch_pc, d.watch_pc = (pc if d.watch_pc == pc else -1), -1
 
     def _on_breakpoint(self, uc: Any, address: int, size: int, _ud: Any) -> None:
         d = self._debug
@@ -378,9 +388,27 @@ class VCpu:
 
     def _on_watch(self, uc: Any, access: int, address: int, size: int, value: int,
                   w: Watch) -> None:
+        pc = uc.reg_read(UC_PPC_REG_PC)  # precise in memory hooks: the accessing instruction
+        d = self._debug
+        if pc == d.skip_watch_pc:
+            d.skip_watch_pc = -1
+            return
         if self._exit is None:
-            pc = uc.reg_read(UC_PPC_REG_PC)
+            d.watch_pc = pc
+            if access == UC_MEM_WRITE and self.ram.contains(address, size):
+                d.undo = (address, self.ram.read(address, size))
             self.stop_with(Exit(ExitKind.WATCHPOINT, pc, WatchHit(w, address)))
+
+    def _undo_watched_store(self) -> None:
+        """The engine stops a slice right after the watched store reached memory, with the
+        rest of the instruction (register updates, PC, a stwcx.'s CR0) not done.  Putting
+        the old bytes back makes the instruction "not executed yet", which is what gdb
+        expects of PowerPC watchpoints: it steps the instruction itself."""
+        undo, self._debug.undo = self._debug.undo, None
+        if undo is not None:
+            addr, old = undo
+            off = addr - self.ram.base
+            self.ram.view[off : off + len(old)] = old
 
     # --- hooks (worker thread) -------------------------------------------------------------
 
@@ -392,6 +420,8 @@ class VCpu:
 
     def _on_interrupt(self, uc: Any, intno: int, _ud: Any) -> None:
         pc = uc.reg_read(UC_PPC_REG_PC)  # the instruction after the one that trapped
+        #: Where a hypercall returns to (read by the handlers instead of another reg_read).
+        self.hcall_pc = pc
         insn = self._fetch_word(pc - 4)
         if intno == _INTNO_SC and insn == HCALL_INSN:
             result = self.host.hypercall(self)
@@ -450,22 +480,39 @@ class VCpu:
         return True
 
     def _fetch_word(self, addr: int) -> int:
-        try:
-            return int.from_bytes(self.uc.mem_read(addr, 4), "big")
-        except UcError:
-            return 0
+        """The instruction word at ``addr``: straight from RAM or ROM (no engine call)."""
+        if self.ram.contains(addr, 4):
+            off = addr - self.ram.base
+            return int.from_bytes(self.ram.view[off : off + 4], "big")
+        if ROM_BASE <= addr <= ROM_BASE + ROM_SIZE - 4:
+            return int.from_bytes(ctypes.string_at(self._rom_address + addr - ROM_BASE, 4), "big")
+        return 0
 
     # --- registers -------------------------------------------------------------------------
+    # GPRs are read and written in the engine's CPU state through ctypes (~0.1 us instead of
+    # ~1 us per reg_read/reg_write).  Valid whenever the CPU is stopped or inside one of its own
+    # hooks, which is the only time the machine touches registers; checked at construction.
+
+    def _bind_gprs(self) -> None:
+        self._gprs: Any = (ctypes.c_uint32 * 32).from_address(self.sprs.env)
+        probe = 0x6A09_E667
+        self.uc.reg_write(UC_PPC_REG_0 + 7, probe)
+        if self._gprs[7] != probe:
+            raise EngineLayoutError("GPR access check failed; unicorn==2.1.4 is required")
+        self._gprs[7] = 0
+        if self.uc.reg_read(UC_PPC_REG_0 + 7) != 0:
+            raise EngineLayoutError("GPR access check failed; unicorn==2.1.4 is required")
 
     def gpr(self, n: int) -> int:
-        return int(self.uc.reg_read(UC_PPC_REG_0 + n))
+        return int(self._gprs[n])
 
     def set_gpr(self, n: int, value: int) -> None:
-        self.uc.reg_write(UC_PPC_REG_0 + n, value & 0xFFFF_FFFF)
+        self._gprs[n] = value & 0xFFFF_FFFF
 
     def set_gprs(self, values: dict[int, int]) -> None:
+        g = self._gprs
         for n, v in values.items():
-            self.uc.reg_write(UC_PPC_REG_0 + n, v & 0xFFFF_FFFF)
+            g[n] = v & 0xFFFF_FFFF
 
     def set_msr(self, value: int) -> None:
         self.uc.reg_write(UC_PPC_REG_MSR, value)
@@ -514,6 +561,9 @@ class _DebugState:
     step: bool = False
     stepped: bool = False
     start_pc: int = -1
+    watch_pc: int = -1  # where the last watchpoint hit stopped the slice
+    skip_watch_pc: int = -1
+    undo: tuple[int, bytes] | None = None  # a watched store to take back
     bp_hooks: dict[int, int] = field(default_factory=dict)
     wp_hooks: dict[Watch, int] = field(default_factory=dict)
 
