@@ -44,3 +44,11 @@ def test_directory_parses_count_then_entries() -> None:
     assert raw[:4] == b"\0\0\0\x02" and len(raw) == 4 + 128
     assert [f.name for f in FileDir.parse(raw).files] == ["a", "b"]
     assert file_dir_size(0x20) == 2052
+
+
+def test_the_public_surface_is_exactly_all() -> None:
+    import fwcfg
+
+    public = {n for n in dir(fwcfg) if not n.startswith(("_", "@"))}  # @: pytest rewriting
+    assert public - {"client"} == set(fwcfg.__all__)
+    assert all(getattr(fwcfg, n) is not None for n in fwcfg.__all__)
