@@ -113,6 +113,7 @@ class _Slot:
         self.release: tuple[int, int] | None = None  # latched (entry, r3)
         self.generation = 0
         self.in_slice = False  # inside VCpu.run: the only state in which it can store
+        self.input_pending = False  # console input arrived since the last EV_IDLE
         self.lot = trio.lowlevel.ParkingLot()
 
 
@@ -436,10 +437,14 @@ class E500Machine:
         try:
             if slot.release is not None:
                 return "release"
+            if slot.input_pending:
+                slot.input_pending = False
+                return "console"
             await slot.wake.wait()
         finally:
             slot.parked = None
         by = "release" if slot.release is not None else "console"
+        slot.input_pending = False
         self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index, by=by))
         return by
 
@@ -520,8 +525,11 @@ class E500Machine:
         return EvStatus.SUCCESS
 
     def _wake_idle_on_input(self) -> None:
+        # Latched per CPU: a CPU that is running when input arrives idles straight through
+        # its next EV_IDLE instead of sleeping past the input (no lost wake-up).
         def wake() -> None:
             for slot in self._slots:
+                slot.input_pending = True
                 if slot.parked is ParkReason.IDLE:
                     slot.wake.set()
 

@@ -174,9 +174,7 @@ def name_of(token: int) -> str:
 
 def _resume_pc(cpu: VCpu) -> int:
     """Where the CPU continues after the call: the instruction after ``sc 1``."""
-    from unicorn.ppc_const import UC_PPC_REG_PC
-
-    return int(cpu.uc.reg_read(UC_PPC_REG_PC))
+    return cpu.hcall_pc
 
 
 def dispatch(svc: Services, cpu: VCpu, trace: bool) -> Exit | None:

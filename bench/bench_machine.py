@@ -1,0 +1,345 @@
+"""Machine benchmarks (issue 3): each figure printed next to a reference measured in the same run.
+
+    python bench/bench_machine.py [--quick]
+
+1. host CPU while 7 secondaries (and CPU 0) stay parked for 2 s, next to the same process
+   sleeping for 2 s; target < 2 % of one core;
+2. release latency, releasing store -> the secondary's first instruction, over 1,000 releases,
+   parked with FW_WAIT_STORE vs busy-polling the spin-table entry; target median < 200 us;
+3. guest store throughput with and without a CPU parked on a watched word; target < 10 % cost;
+4. guest MIPS of a tight loop next to qemu-system-ppc -M ppce500 running the same loop;
+5. resident size of a booted ``-m 3072 -smp 8`` machine next to the bare interpreter's;
+   target < 64 MiB more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from machine.asm import assemble
+from machine.board import E500Machine
+from machine.guest import DEMO_ELF
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# --- 1. parked CPUs cost nothing ---------------------------------------------------------
+
+PARK_ALL = """
+_start:
+    cmpwi 3, 0
+    bne idle
+    li 3, 0x3000            /* CPU 0 waits on a word nobody writes */
+    li 4, 0
+    hcall HC_FW_WAIT_STORE
+idle:
+    hcall HC_EV_IDLE
+    b idle
+"""
+
+
+async def parked_cpu_share(seconds: float) -> tuple[float, float]:
+    m = E500Machine(bios=assemble(PARK_ALL), smp=8)
+    try:
+        async with trio.open_nursery() as n:
+            n.start_soon(m.run)
+            await trio.sleep(0.3)  # everyone parked
+            c0, t0 = cpu_seconds(), time.perf_counter()
+            await trio.sleep(seconds)
+            c1, t1 = cpu_seconds(), time.perf_counter()
+            m.stop()
+        c2, t2 = cpu_seconds(), time.perf_counter()
+        await trio.sleep(seconds)
+        c3, t3 = cpu_seconds(), time.perf_counter()
+    finally:
+        m.close()
+    return (c1 - c0) / (t1 - t0), (c3 - c2) / (t3 - t2)
+
+
+# --- 2. release latency ------------------------------------------------------------------
+
+# CPU 1 is a "secondary" that re-arms its spin-table-style entry at 0x4000 (entry_addr low word
+# at 0x4004), waits for bit 0 to clear, and on release reads the time as its first act.  CPU 0
+# releases it N times, stamping the time just before each releasing store.  Stamps go to
+# 0x10000 (release) and 0x20000 (arrival), 8 bytes each (FW_GET_TIME r4:r5).
+RELEASE = """
+    .set N, {n}
+_start:
+    cmpwi 3, 0
+    bne secondary
+    li 20, 0                 /* iteration */
+    li32 21, 0x10000
+    li 22, 0x4000
+next:
+    /* wait until the secondary has re-armed (entry low == 1) */
+1:  lwz 4, 4(22)
+    cmpwi 4, 1
+    beq 2f
+    mr 3, 22
+    addi 3, 3, 4
+    hcall HC_FW_WAIT_STORE
+    b 1b
+2:  hcall HC_FW_GET_TIME
+    slwi 6, 20, 3
+    add 6, 6, 21
+    stw 4, 0(6)
+    stw 5, 4(6)
+    bl 3f                    /* r7 = address of `entry` */
+3:  mflr 7
+    addi 7, 7, entry - 3b
+    stw 7, 4(22)             /* the releasing store */
+    addi 20, 20, 1
+    cmpwi 20, N
+    blt next
+4:  lwz 4, 4(22)             /* wait for the last arrival to re-arm */
+    cmpwi 4, 1
+    beq 5f
+    mr 3, 22
+    addi 3, 3, 4
+    hcall HC_FW_WAIT_STORE
+    b 4b
+5:  li 3, 0
+    hcall HC_FW_POWEROFF
+secondary:
+    li 22, 0x4000
+    li 23, 0                 /* arrivals */
+    li32 24, 0x20000
+arm:
+    li 4, 1
+    stw 4, 4(22)
+wait:
+    lwz 4, 4(22)
+    andi. 5, 4, 1
+    beq go
+    {park}
+    b wait
+go:
+    mtctr 4
+    bctr
+entry:
+    hcall HC_FW_GET_TIME     /* the secondary's first instruction after release */
+    slwi 6, 23, 3
+    add 6, 6, 24
+    stw 4, 0(6)
+    stw 5, 4(6)
+    addi 23, 23, 1
+    b arm
+"""
+PARKED = "mr 3, 22\n    addi 3, 3, 4\n    hcall HC_FW_WAIT_STORE"
+SPINNING = "nop"
+
+
+async def release_latencies(n: int, park: str) -> list[float]:
+    m = E500Machine(bios=assemble(RELEASE.format(n=n, park=park)), smp=2)
+    try:
+        result = await m.run(timeout=120)
+        assert result.code == 0, result.reason
+        lat = []
+        for i in range(n):
+            (t0,) = struct.unpack(">Q", m.ram.read(0x10000 + 8 * i, 8))
+            (t1,) = struct.unpack(">Q", m.ram.read(0x20000 + 8 * i, 8))
+            lat.append((t1 - t0) / 1000)
+        return lat
+    finally:
+        m.close()
+
+
+async def hcall_cost(n: int = 2000) -> float:
+    src = f"""
+_start:
+    li 20, {n}
+1:  hcall HC_FW_GET_TIME
+    addic. 20, 20, -1
+    bne 1b
+    li 3, 0
+    hcall HC_FW_POWEROFF
+"""
+    m = E500Machine(bios=assemble(src))
+    try:
+        t = time.perf_counter()
+        await m.run(timeout=60)
+        return (time.perf_counter() - t) / n * 1e6
+    finally:
+        m.close()
+
+
+# --- 3. store throughput with a watch ----------------------------------------------------
+
+STORES = """
+    .set LOOPS, {loops}
+_start:
+    cmpwi 3, 0
+    bne other
+    li32 20, LOOPS
+    li32 21, 0x100000        /* a page nobody watches */
+1:  stw 20, 0(21)
+    stw 20, 4(21)
+    stw 20, 8(21)
+    stw 20, 12(21)
+    addic. 20, 20, -1
+    bne 1b
+    li 3, 0
+    hcall HC_FW_POWEROFF
+other:
+    {other}
+2:  hcall HC_EV_IDLE
+    b 2b
+"""
+
+
+async def store_rate(loops: int, watched: bool) -> float:
+    other = "li 3, 0x3000\n    li 4, 0\n    hcall HC_FW_WAIT_STORE" if watched else "nop"
+    m = E500Machine(bios=assemble(STORES.format(loops=loops, other=other)), smp=2)
+    try:
+        t = time.perf_counter()
+        await m.run(timeout=120)
+        return loops * 4 / (time.perf_counter() - t) / 1e6
+    finally:
+        m.close()
+
+
+# --- 4. MIPS next to QEMU ----------------------------------------------------------------
+
+LOOP = """
+_start:
+    li32 5, {iters}
+    li 3, 0
+1:  addi 3, 3, 1
+    cmpw 3, 5
+    bne 1b
+    li 3, 0
+    hcall HC_FW_POWEROFF
+"""
+
+
+def ours_loop_seconds(iters: int) -> float:
+    bios = assemble(LOOP.format(iters=iters))
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "machine", "-bios", str(bios)], check=True)
+    return time.perf_counter() - t
+
+
+def qemu_loop_seconds(iters: int, work: Path) -> float | None:
+    qemu = shutil.which("qemu-system-ppc")
+    src = Path("/work/shared/reference/peer-timing/loop-reset.S")
+    if qemu is None or not src.exists() or shutil.which("powerpc-linux-gnu-as") is None:
+        return None
+    obj, elf = work / f"l{iters}.o", work / f"l{iters}.elf"
+    subprocess.run(["powerpc-linux-gnu-as", "-me500", "--defsym", f"ITER={iters}", "-o",
+                    str(obj), str(src)], check=True)
+    subprocess.run(["powerpc-linux-gnu-ld", "-Ttext=0", "-e", "_start", "-o", str(elf),
+                    str(obj)], check=True, capture_output=True)
+    t = time.perf_counter()
+    subprocess.run([qemu, "-M", "ppce500", "-cpu", "e500v2", "-nographic", "-no-reboot",
+                    "-kernel", str(elf)], check=True, capture_output=True, timeout=300)
+    return time.perf_counter() - t
+
+
+# --- 5. memory ---------------------------------------------------------------------------
+
+RSS_CHILD = """
+import sys, trio
+from pathlib import Path
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) * 1024
+from machine.board import E500Machine
+from machine.guest import DEMO_ELF
+base = rss()
+m = E500Machine(kernel=Path(DEMO_ELF), ram_size=3072 << 20, smp=8)
+m.console.add_listener(lambda c, d: None)
+r = trio.run(lambda: m.run(timeout=60))
+assert r.code == 0, r.reason
+print(base, rss())
+"""
+
+
+def rss_after_boot() -> tuple[int, int]:
+    out = subprocess.run([sys.executable, "-c", RSS_CHILD], check=True, capture_output=True,
+                         text=True).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def pct(a: float, b: float) -> str:
+    return f"{(a / b - 1) * 100:+.1f} %"
+
+
+async def main(quick: bool) -> None:
+    print("fwcfg-e500 machine benchmarks (issue 3); reference measured in the same run\n")
+
+    share, idle = await parked_cpu_share(2.0)
+    print("1. host CPU, -smp 8 with every CPU parked for 2 s (target < 2 % of a core)")
+    print(f"   parked machine : {share * 100:6.2f} % of one core")
+    print(f"   reference      : {idle * 100:6.2f} % (the same process sleeping 2 s)\n")
+
+    n = 200 if quick else 1000
+    parked = await release_latencies(n, PARKED)
+    spinning = await release_latencies(n, SPINNING)
+    hc = await hcall_cost()
+
+    def q(xs: list[float], p: float) -> float:
+        return sorted(xs)[min(len(xs) - 1, int(p * len(xs)))]
+
+    print(f"2. release latency over {n} releases, store -> first instruction (target median"
+          " < 200 us)")
+    print(f"   parked (FW_WAIT_STORE) : median {statistics.median(parked):7.1f} us"
+          f"  p99 {q(parked, 0.99):7.1f} us")
+    print(f"   reference, spinning    : median {statistics.median(spinning):7.1f} us"
+          f"  p99 {q(spinning, 0.99):7.1f} us (secondary polls the entry at 100 % CPU)")
+    print(f"   (includes two FW_GET_TIME hypercalls of ~{hc:.1f} us each)\n")
+
+    loops = 2_000_000 if quick else 20_000_000
+    plain = max([await store_rate(loops, False) for _ in range(3)])
+    watched = max([await store_rate(loops, True) for _ in range(3)])
+    print("3. guest stores per second, other CPU idle vs parked on a watched word"
+          " (target cost < 10 %)")
+    print(f"   with a parked waiter : {watched:8.1f} M stores/s")
+    print(f"   reference, no watch  : {plain:8.1f} M stores/s  (watch cost {pct(plain, watched)})"
+          "\n")
+
+    iters = (1 << 28) if quick else 3 << 30
+    base_ours = ours_loop_seconds(1)
+    ours = ours_loop_seconds(iters) - base_ours
+    with tempfile.TemporaryDirectory() as d:
+        base_q = qemu_loop_seconds(1, Path(d))
+        full_q = qemu_loop_seconds(iters, Path(d))
+    insns = iters * 3
+    print(f"4. tight loop, {insns / 1e9:.2f} G instructions (start-up subtracted)")
+    print(f"   fwcfg-e500 (unicorn)   : {insns / ours / 1e6:8.0f} MIPS ({ours:.2f} s;"
+          f" start-up {base_ours:.2f} s)")
+    if base_q is not None and full_q is not None:
+        qs = full_q - base_q
+        print(f"   qemu-system-ppc ppce500: {insns / qs / 1e6:8.0f} MIPS ({qs:.2f} s;"
+              f" start-up {base_q:.2f} s)\n")
+    else:
+        print("   qemu-system-ppc not installed: no reference\n")
+
+    base, booted = rss_after_boot()
+    print("5. resident size after booting the demo with -m 3072 -smp 8 (target < 64 MiB more)")
+    print(f"   machine    : {booted / 2**20:7.1f} MiB ({(booted - base) / 2**20:+.1f} MiB)")
+    print(f"   interpreter: {base / 2**20:7.1f} MiB (the same process before building it)")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller counts (for CI smoke runs)")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    trio.run(main, ap.parse_args().quick)
