@@ -106,7 +106,6 @@ class HostFileItem(Item):
             if length == 0:
                 return memoryview(b"")
             self._map = mmap.mmap(self._fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-            self._map.madvise(mmap.MADV_SEQUENTIAL)
             self._mview = memoryview(self._map)
         return self._mview
 
