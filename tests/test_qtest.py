@@ -6,6 +6,8 @@ import base64
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fwcfg import FwCfg, Key, MmioWide, Selected
 from machine import platform
@@ -119,3 +121,19 @@ def test_bad_lines_answer_fail_and_never_raise(
 
 def test_blank_lines_get_no_answer(machine: tuple[QtestServer, GuestRAM, list]) -> None:
     assert machine[0].handle("   \n") is None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[
+    HealthCheck.function_scoped_fixture])
+@given(line=st.one_of(
+    st.text(max_size=60),
+    st.builds(lambda c, a: f"{c} {a}", st.sampled_from(
+        ["readb", "readw", "readl", "readq", "writeb", "writew", "writel", "writeq", "read",
+         "write", "b64read", "b64write", "memset", "endianness"]),
+        st.lists(st.one_of(st.integers(-5, 1 << 66).map(hex), st.text(max_size=8)),
+                 max_size=4).map(" ".join)),
+))
+def test_any_line_gets_ok_or_fail(machine: tuple[QtestServer, GuestRAM, list], line: str) -> None:
+    answer = machine[0].handle(line)
+    assert answer is None or answer.startswith(("OK", "FAIL "))
+    assert answer is None or "\n" not in answer
