@@ -20,3 +20,5 @@ if [[ "${1:-}" == "--test" ]]; then
     fi
 fi
 "$PY" -m pip install -q --disable-pip-version-check -e ".${extras}"
+# pyenv installs console scripts behind shims that exist only after a rehash.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
