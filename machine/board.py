@@ -168,7 +168,9 @@ class E500Machine:
         from machine.watch import StoreWatch
 
         self.watch = StoreWatch(self.ram)
-        self.fwcfg, self._mmio = boot.build_fwcfg(config, self.images, self.ram)
+        self.fwcfg, self._mmio, warnings = boot.build_fwcfg(config, self.images, self.ram)
+        #: Host-side warnings about the configuration (the CLI prints them).
+        self.warnings: list[str] = warnings
         self.cpus = [
             VCpu(i, self.ram, ctypes.addressof(self._rom_anchor), _Host(self))
             for i in range(self.n_cpus)

@@ -75,8 +75,11 @@ def load_images(config: MachineConfig) -> BootImages:
     )
 
 
-def build_fwcfg(config: MachineConfig, images: BootImages, ram: GuestRAM) -> tuple[FwCfg, MmioWide]:
-    """The fw_cfg device with every item of PLATFORM.md, and its MMIO front end."""
+def build_fwcfg(
+    config: MachineConfig, images: BootImages, ram: GuestRAM
+) -> tuple[FwCfg, MmioWide, list[str]]:
+    """The fw_cfg device with every item of PLATFORM.md, its MMIO front end, and the QEMU-style
+    warnings about the user's -fw_cfg files (e.g. a name outside "opt/")."""
     dev = FwCfg(ram, dma_enabled=config.fwcfg_dma)
     uuid = uuidlib.UUID(config.uuid).bytes if config.uuid else bytes(16)
     dev.add_bytes(Key.UUID, uuid)
@@ -103,8 +106,8 @@ def build_fwcfg(config: MachineConfig, images: BootImages, ram: GuestRAM) -> tup
     dev.add_file(FDT_FILE_NAME, images.fdt)
     from fwcfg import apply_fw_cfg_options
 
-    apply_fw_cfg_options(dev, list(config.fw_cfg))
-    return dev, MmioWide(dev)
+    warnings = apply_fw_cfg_options(dev, list(config.fw_cfg))
+    return dev, MmioWide(dev), warnings
 
 
 def load_direct(images: BootImages, ram: GuestRAM) -> None:

@@ -219,6 +219,8 @@ def boot(args: argparse.Namespace) -> int:
     and a ``--timeout`` is 124, each with a message on stderr that says where the CPUs were.
     """
     machine = E500Machine(machine_config(args))
+    for warning in machine.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     out = sys.stdout.buffer
 
     def on_console(_cpu: int, data: bytes) -> None:
@@ -235,7 +237,7 @@ def boot(args: argparse.Namespace) -> int:
         result = trio.run(_boot_main, machine, args)
     finally:
         machine.close()
-    if result.fault is not None or result.code == 124 and "timeout" in result.reason:
+    if result.fault is not None or (result.code == 124 and "timeout" in result.reason):
         print(f"{PROG}: {result.reason}", file=sys.stderr)
     return result.code & 0xFF
 
@@ -251,7 +253,7 @@ async def _boot_main(machine: E500Machine, args: argparse.Namespace) -> RunResul
 
 def _stdin_is_readable() -> bool:
     try:
-        return sys.stdin is not None and not sys.stdin.closed and os.isatty(0) or (
+        return (sys.stdin is not None and not sys.stdin.closed and os.isatty(0)) or (
             sys.stdin is not None and stat.S_ISFIFO(os.fstat(0).st_mode)
         )
     except (OSError, ValueError):
