@@ -9,8 +9,10 @@ check that this machine hands a kernel the same boot state as QEMU does.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,23 @@ async def test_demo_prints_the_same_lines_on_qemu_and_on_this_machine(
     assert ours[1:] == theirs[1:]
     assert [line for line in ours if line.startswith("cpu ")][1:] == [
         secondary_line(i) for i in range(1, smp)]
+
+
+def test_fwcfg_e500_demo_command_matches_qemu_and_shows_the_fw_cfg_boot() -> None:
+    """`fwcfg-e500 --demo` boots the bundled demo through the firmware: same lines as QEMU."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "machine", "--demo", "-smp", "4", "-append", "hello world",
+         "--trace"],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    ours = proc.stdout.decode().splitlines()
+    theirs = [line.rstrip("\r") for line in boot_on_qemu(DEMO_ELF, 4, "hello world")]
+
+    assert ours[1:] == theirs[1:]
+    assert "cmdline: hello world" in ours
+    assert [line.split(":")[0] for line in ours if line.startswith("cpu ")] == [
+        f"cpu {i}" for i in range(4)]
+    trace = proc.stderr.decode(errors="replace")
+    for item in ("kernel_data", P.FDT_FILE_NAME):
+        assert re.search(rf"fw_cfg DMA read \d+ bytes of {re.escape(item)} at offset 0", trace)
