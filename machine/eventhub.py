@@ -224,7 +224,8 @@ class EventHub:
         """The next event that is an instance of ``predicate`` (a class) or satisfies it.
 
         A recording hub searches its history from where the previous ``wait_for`` matched
-        (so events that happened before the call count, and successive waits check order);
+        (so events that happened before the call count, and successive waits check order; a
+        wait that fails leaves that position alone);
         otherwise only events delivered after the call count.  Raises :class:`EventsEnded` when
         the run ends first and :class:`EventTimeout` after ``timeout`` seconds (None: no limit).
         """
@@ -242,17 +243,18 @@ class EventHub:
 
     async def _wait_recorded(self, test: Callable[[Event], bool], predicate: object,
                              recent: deque[Event]) -> Event:
+        position = self._cursor  # absolute; the cursor itself moves only on a match
         while True:
             history = self._history
             assert history is not None
-            start = max(self._cursor, self._history_base)
+            start = max(position, self._history_base)
             for index in range(start - self._history_base, len(history)):
                 event = history[index]
                 if test(event):
                     self._cursor = self._history_base + index + 1
                     return event
                 recent.append(event)
-            self._cursor = self._history_base + len(history)
+            position = self._history_base + len(history)
             if self._ended:
                 raise EventsEnded(
                     _explain(f"the run ended without an event matching {_name(predicate)}",
