@@ -306,7 +306,8 @@ async def test_a_guest_fault_stops_for_the_debugger_instead_of_ending_the_run() 
         assert await gdb.ask("c") == "T0bthread:1;"  # SIGSEGV
         assert await gdb.reg(Reg.PC) == sym["bad_load"]
         assert await gdb.reg(4) == 0x8000_0000
-        # Fix the guest up from the debugger: skip the load and power off with code 3.
+        # Continuing re-executes the load: the same fault, reported again.
+        assert await gdb.ask("c") == "T0bthread:1;"
         assert await gdb.ask("D") == "OK"  # detached: the fault now ends the run
     assert d.result[0].code == 125
     assert d.result[0].fault is not None and d.result[0].fault.pc == d.sym["bad_load"]
