@@ -69,6 +69,7 @@ def rows() -> Iterator[tuple[str, str] | str]:
 
     yield "machine/platform.py: boot flow and spin table"
     yield "EPAPR_MAGIC", number(P.EPAPR_MAGIC)
+    yield "DIRECT_BOOT_STACK", number(P.DIRECT_BOOT_STACK)
     yield "SECONDARY_IMA_SIZE", number(P.SECONDARY_IMA_SIZE)
     yield "SPIN_ENTRY_SIZE", number(P.SPIN_ENTRY_SIZE)
     spin = field_offsets(P.SpinEntry)

@@ -265,14 +265,32 @@ async def test_firmware_without_an_etc_fdt_file_says_so(monkeypatch: pytest.Monk
 
 # --- the spin-table protocol, probed by a small kernel ------------------------------------------
 
-#: CPU 0 checks the entry the firmware armed for CPU 1, stores 3 (bit 0 still set: CPU 1 must
-#: stay held, and its FW_WAIT_STORE wakes for nothing), waits 10 ms of timebase, then releases
-#: CPU 1 with r3 = 0x1234 and checks the registers it entered with.  The power-off code says
-#: which check failed (0 = all passed).
+#: CPU 0 checks its own entry state (r1, r6, r8, r9) and the entry the firmware armed for CPU 1,
+#: stores 3 (bit 0 still set: CPU 1 must stay held, and its FW_WAIT_STORE wakes for nothing),
+#: waits 10 ms of timebase, then releases CPU 1 with r3 = 0x1234 and checks the registers it
+#: entered with.  The power-off code says which check failed (0 = all passed).
 PROBE_ASM = r"""
     .text
     .globl _start
 _start:
+    # the boot CPU's entry state beyond what the demo prints: r1, r6, r8, r9
+    lis 10, STACK@h
+    ori 10, 10, STACK@l
+    li 0, 26
+    cmpw 1, 10
+    bne 9f
+    lis 10, MAGIC@h
+    ori 10, 10, MAGIC@l
+    li 0, 27
+    cmpw 6, 10
+    bne 9f
+    li 0, 28
+    cmpwi 8, 0
+    bne 9f
+    li 0, 29
+    cmpwi 9, 0
+    bne 9f
+
     lis 20, SPIN1@ha
     addi 20, 20, SPIN1@l
     lis 21, flag@ha
@@ -364,6 +382,8 @@ fail:
     ori 11, 11, POWEROFF@l
     sc 1
     b .
+9:  mr 3, 0
+    b fail
 
 secondary:
     lis 12, regs@ha
@@ -399,6 +419,8 @@ async def test_a_parked_secondary_stays_held_while_bit_0_is_set(tmp_path: Path) 
         "SPIN1": P.spin_entry_addr(P.DEFAULT_RAM_SIZE, 1),
         "TICKS": P.TIMEBASE_HZ // 100,
         "IMA": P.SECONDARY_IMA_SIZE,
+        "STACK": P.DIRECT_BOOT_STACK,
+        "MAGIC": P.EPAPR_MAGIC,
         "WAIT_STORE": P.Hcall.FW_WAIT_STORE,
         "POWEROFF": P.Hcall.FW_POWEROFF,
         "IDLE": P.Hcall.EV_IDLE,

@@ -152,10 +152,15 @@ secondary_park:
 /*
  * enter_kernel(entry, dtb, ima_size): the ePAPR boot-CPU state (ePAPR 1.1 table 5-1,
  * PLATFORM.md step 2): r3 = device tree, r4 = r5 = 0, r6 = magic, r7 = IMA size, r8 = r9 = 0.
+ * r1 is left to the implementation by ePAPR; it gets what direct boot and QEMU's ppce500 give
+ * (16 MiB - 8), so a kernel that pushes a frame before setting up its own stack writes low RAM
+ * and not the spin-table page the firmware's stack was in.
  */
 	.globl	enter_kernel
 	.type	enter_kernel, @function
 enter_kernel:
+	lis	%r1, DIRECT_BOOT_STACK@h
+	ori	%r1, %r1, DIRECT_BOOT_STACK@l
 	mtctr	%r3
 	mr	%r3, %r4
 	mr	%r7, %r5
