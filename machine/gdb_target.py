@@ -35,7 +35,7 @@ class Reg(enum.IntEnum):
     XER = 37
 
 
-_TYPES: Final = {"pc": "code_ptr", "lr": "code_ptr", "r1": "data_ptr"}
+_TYPES: Final = {"pc": "code_ptr", "lr": "code_ptr"}
 
 
 def _reg_xml(number: int, name: str) -> str:

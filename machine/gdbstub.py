@@ -524,11 +524,13 @@ class GdbServer:
                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on ``address`` (``tcp::PORT``...) until cancelled; started with the bound
         port (useful with port 0)."""
-        host, port = parse_gdb_address(address)
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as err:
-            raise ConfigError(f"-gdb {address!r}: cannot listen: {err.strerror}") from None
+        await self.serve_listeners(await listen(address), task_status=task_status)
+
+    async def serve_listeners(self, listeners: list[trio.SocketListener], *,
+                              task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+                              ) -> None:
+        """Accept connections on ``listeners`` (from :func:`listen`) until cancelled; they are
+        closed on the way out."""
         bound = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             for listener in listeners:
@@ -648,6 +650,16 @@ class GdbServer:
             await send.send(_Event(await self.control.wait_exited()))
 
 
+async def listen(address: str) -> list[trio.SocketListener]:
+    """Open the TCP listeners for a ``-gdb`` address; a bad address or a port in use raises
+    :class:`fwcfg.ConfigError` (before anything runs, so the CLI reports one clear line)."""
+    host, port = parse_gdb_address(address)
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as err:
+        raise ConfigError(f"-gdb {address!r}: cannot listen: {err.strerror}") from None
+
+
 async def run_with_gdb(machine: E500Machine, address: str = DEFAULT_GDB_ADDRESS, *,
                        wait_for_debugger: bool = False, timeout: float | None = None,
                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
@@ -655,9 +667,10 @@ async def run_with_gdb(machine: E500Machine, address: str = DEFAULT_GDB_ADDRESS,
     """Run ``machine`` with a gdb stub on ``address`` (``-gdb``/``-s``; ``-S`` is
     ``wait_for_debugger``).  Started (with ``nursery.start``) once listening, with the bound
     port.  Returns the run's result; a connected gdb is told the machine exited."""
+    listeners = await listen(address)
     server = GdbServer(machine, wait_for_debugger=wait_for_debugger)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(server.serve, address)
+        port = await nursery.start(server.serve_listeners, listeners)
         task_status.started(port)
         result = await machine.run(timeout=timeout)
         server.machine_ended(result)

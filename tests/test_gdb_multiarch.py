@@ -16,6 +16,7 @@ import trio
 from elftools.elf.elffile import ELFFile
 
 from machine.board import E500Machine, RunResult
+from machine.gdb_target import REG_NAMES
 from machine.gdbstub import run_with_gdb
 from machine.guest import DEMO_ELF
 from machine.platform import EPAPR_MAGIC, ROM_BASE
@@ -33,7 +34,8 @@ def symbols(elf: Path) -> dict[str, int]:
         return {s.name: s["st_value"] for s in symtab.iter_symbols() if s.name}
 
 
-async def gdb_session(commands: list[str], **config: object) -> tuple[str, RunResult, int]:
+async def gdb_session(commands: list[str], arch: str = "powerpc:e500",
+                      **config: object) -> tuple[str, RunResult, int]:
     """Run gdb-multiarch in batch mode against a fresh machine held at power-on."""
     assert GDB is not None
     m = E500Machine(kernel=Path(DEMO_ELF), **config)  # type: ignore[arg-type]
@@ -46,7 +48,7 @@ async def gdb_session(commands: list[str], **config: object) -> tuple[str, RunRe
     try:
         async with trio.open_nursery() as n:
             port = await n.start(run)
-            argv = [GDB, "-batch", "-nx", "-ex", "set architecture powerpc:e500",
+            argv = [GDB, "-batch", "-nx", "-ex", f"set architecture {arch}",
                     "-ex", "set confirm off", "-ex", f"file {DEMO_ELF}",
                     "-ex", f"target remote 127.0.0.1:{port}"]
             for c in commands:
@@ -131,4 +133,16 @@ async def test_gdb_watches_a_variable_written_by_a_secondary() -> None:
     assert out.split("<<value\n", 1)[1].splitlines()[0] == "$1 = 1"
     # The atomic increment ran exactly once: the demo saw both CPUs and powered off with 0.
     assert "[Inferior 1 (Remote target) exited normally]" in out, out
+    assert result.code == 0
+
+
+@pytest.mark.parametrize("arch", ["powerpc:e500", "powerpc:common"])
+async def test_info_registers_shows_the_e500_core_registers(arch: str) -> None:
+    out, result, _ = await gdb_session(["echo <<regs\\n", "info registers", "echo >>\\n",
+                                        "continue"], arch=arch)
+    listing = out.split("<<regs\n", 1)[1].split(">>\n", 1)[0].splitlines()
+    names = [line.split()[0] for line in listing]
+    assert names == list(REG_NAMES), listing
+    pc = next(line for line in listing if line.startswith("pc "))
+    assert int(pc.split()[1], 16) == ROM_BASE  # big-endian, 32 bits
     assert result.code == 0

@@ -379,6 +379,26 @@ async def test_one_debugger_at_a_time() -> None:
     assert m.result is not None and m.result.code == 0x77
 
 
+async def test_a_run_that_times_out_tells_the_waiting_debugger_it_exited() -> None:
+    async with debugged(FOREVER_GUEST, timeout=0.5) as d:
+        assert await d.gdb.ask("c") == "W7c"  # 124, the timeout's exit status
+        assert await d.gdb.closed()
+    assert d.result[0].code == 124
+
+
+async def test_a_port_in_use_is_a_config_error_before_anything_runs() -> None:
+    (taken,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = taken.socket.getsockname()[1]
+    m = E500Machine(bios=assemble(FOREVER_GUEST))
+    try:
+        with pytest.raises(ConfigError, match=f"-gdb 'tcp:127.0.0.1:{port}': cannot listen"):
+            await run_with_gdb(m, f"tcp:127.0.0.1:{port}", timeout=5)
+        assert m.result is None  # never powered on
+    finally:
+        m.close()
+        await taken.aclose()
+
+
 async def _run(m: E500Machine, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     await run_with_gdb(m, "tcp:127.0.0.1:0", wait_for_debugger=True, timeout=20,
                        task_status=task_status)
