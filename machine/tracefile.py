@@ -4,7 +4,7 @@ Layout of the file (the "JSON array" form of Google's Trace Event Format):
 
 * one process (the machine) with one thread track per CPU (``cpu N``) and a ``machine`` track;
 * per CPU, *duration* events (``B``/``E``) for the spans it was ``running`` and ``parked: …``
-  (idle, wait-store, spin-table), so a glance shows which CPU worked when;
+  (idle, wait-store, spin table), so a glance shows which CPU worked when;
 * *instant* events (``i``) for fw_cfg selects and DMA transfers (file name and byte count in
   ``args``), hypercalls, releases, console output and guest faults, on the CPU that did them;
 * *flow* arrows (``s``/``f``) from the CPU that called FW_CPU_RELEASE to the CPU it released;
@@ -19,6 +19,7 @@ was killed) still opens; a finished trace is strict JSON, which the tests load w
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -37,20 +38,24 @@ from machine.events import (
     PowerOff,
     Reset,
 )
-from machine.platform import Hcall
+from machine.platform import PAGE_SIZE, Hcall, spin_table_base
 
 if TYPE_CHECKING:
     from machine.board import E500Machine
 
 _PID = 1
 _RELEASE_TOKEN = int(Hcall.FW_CPU_RELEASE)
+#: A long run's file is at most this stale (seconds) if the process dies before it finishes.
+_FLUSH_EVERY_S = 0.25
 
 
 class TraceWriter:
     """Turns machine events into trace events on ``out``; :meth:`finish` completes the file."""
 
-    def __init__(self, out: TextIO, n_cpus: int, *, title: str, clock: Callable[[], float]) -> None:
+    def __init__(self, out: TextIO, n_cpus: int, *, title: str, clock: Callable[[], float],
+                 spin_table: range = range(0)) -> None:
         self._out = out
+        self._spin_table = spin_table
         self._n_cpus = n_cpus
         self._machine_tid = n_cpus  # the track after the CPUs
         self._clock = clock
@@ -79,6 +84,8 @@ class TraceWriter:
                          "args": {"name": name}})
             self._write({"ph": "M", "pid": _PID, "tid": tid, "name": "thread_sort_index",
                          "args": {"sort_index": tid}})
+        self._out.flush()
+        self._flushed = time.monotonic()
 
     @classmethod
     def attach(cls, machine: E500Machine, path: Path) -> TraceWriter:
@@ -91,7 +98,9 @@ class TraceWriter:
             ) from None
         cfg = machine.config
         title = f"fwcfg-e500 (smp {cfg.smp}, {cfg.ram_size >> 20} MiB)"
-        writer = cls(out, machine.n_cpus, title=title, clock=machine.now)
+        base = spin_table_base(cfg.ram_size)
+        writer = cls(out, machine.n_cpus, title=title, clock=machine.now,
+                     spin_table=range(base, base + PAGE_SIZE))
         machine.events.subscribe(writer.on_event)
         machine.console.add_listener(writer.on_console)
         machine.events.on_end(writer.finish)
@@ -128,9 +137,13 @@ class TraceWriter:
 
     def _parked(self, e: CpuParked) -> None:
         args = {"pc": _hex(e.pc)}
+        name = f"parked: {e.reason.value}"
         if e.address is not None:
             args["address"] = _hex(e.address)
-        self._span(e.cpu, e.time, f"parked: {e.reason.value}", args)
+            if e.address in self._spin_table:
+                # The firmware's FW_WAIT_STORE on its spin-table entry: waiting for the OS.
+                name = "parked: spin table"
+        self._span(e.cpu, e.time, name, args)
 
     def _woken(self, e: CpuWoken) -> None:
         self._span(e.cpu, e.time, "running", {"woken by": e.by})
@@ -186,15 +199,15 @@ class TraceWriter:
 
     # --- output ----------------------------------------------------------------------------
 
-    def _ts(self, tid: int, time: float) -> float:
+    def _ts(self, tid: int, when: float) -> float:
         """Microseconds, never before the track's previous event (B/E must nest per track;
         events from different threads can reach the hub a hair out of time order)."""
-        ts = max(round(time * 1e6, 3), self._last_ts.get(tid, 0.0))
+        ts = max(round(when * 1e6, 3), self._last_ts.get(tid, 0.0))
         self._last_ts[tid] = ts
         return ts
 
-    def _span(self, tid: int, time: float, name: str, args: dict[str, Any]) -> None:
-        ts = self._ts(tid, time)
+    def _span(self, tid: int, when: float, name: str, args: dict[str, Any]) -> None:
+        ts = self._ts(tid, when)
         if tid in self._open:
             self._end_span(tid, ts)
         self._open[tid] = name
@@ -207,15 +220,18 @@ class TraceWriter:
         self._last_ts[tid] = ts
         self._write({"ph": "E", "pid": _PID, "tid": tid, "ts": ts, "name": name, "cat": "cpu"})
 
-    def _instant(self, tid: int, time: float, name: str, cat: str, args: dict[str, Any],
+    def _instant(self, tid: int, when: float, name: str, cat: str, args: dict[str, Any],
                  scope: str = "t") -> None:
-        self._write({"ph": "i", "s": scope, "pid": _PID, "tid": tid, "ts": self._ts(tid, time),
+        self._write({"ph": "i", "s": scope, "pid": _PID, "tid": tid, "ts": self._ts(tid, when),
                      "name": name, "cat": cat, "args": args})
 
     def _write(self, record: dict[str, Any]) -> None:
         self._out.write("[\n" if self._first else ",\n")
         self._first = False
         self._out.write(json.dumps(record, separators=(",", ":")))
+        if record["ph"] != "M" and time.monotonic() - self._flushed > _FLUSH_EVERY_S:
+            self._out.flush()
+            self._flushed = time.monotonic()
 
 
 def _hex(value: int) -> str:
