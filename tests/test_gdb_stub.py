@@ -263,6 +263,34 @@ async def test_a_parked_cpu_is_a_thread_stopped_where_it_parked() -> None:
     assert d.result[0].code == 0x77
 
 
+async def test_single_steps_go_through_hypercalls_including_one_that_parks() -> None:
+    async with debugged(RELEASE_GUEST, smp=2) as d:
+        gdb, sym = d.gdb, d.sym
+        # CPU 1 alone: cmpwi, bne, then `hcall HC_EV_IDLE` (lis, ori, sc 1) which parks it.
+        for _ in range(5):
+            assert await gdb.ask("vCont;s:2") == "T05thread:2;"
+        assert await gdb.reg(Reg.PC) == sym["after_idle"]
+        info = bytes.fromhex(await gdb.ask("qThreadExtraInfo,2")).decode()
+        assert info == "CPU 1 [parked: idle]"
+        # CPU 0 from `store` to past its FW_CPU_RELEASE: stw, li, lis, ori, li, lis, ori, sc.
+        assert await gdb.ask(f"Z0,{sym['store']:x},4") == "OK"
+        assert await gdb.ask("vCont;c:1") == "T05thread:1;"
+        assert await gdb.ask(f"z0,{sym['store']:x},4") == "OK"
+        for _ in range(8):
+            assert await gdb.ask("vCont;s:1") == "T05thread:1;"
+        assert await gdb.reg(Reg.PC) == sym["spin"]
+        assert await gdb.reg(3) == 0  # EV_SUCCESS: CPU 1 is released...
+        with trio.fail_after(10):  # (its task takes the release when trio next runs it)
+            while d.machine.cpu_parked(1) is not None:
+                await trio.sleep(0.001)
+        assert await gdb.reg(Reg.PC, 2) == sym["secondary"]  # ...and held at its entry
+        assert await gdb.reg(3) == 0x77
+        info = bytes.fromhex(await gdb.ask("qThreadExtraInfo,2")).decode()
+        assert info == "CPU 1 [stopped]"
+        assert await gdb.ask("c") == "W77"
+    assert d.result[0].code == 0x77
+
+
 async def test_a_write_watchpoint_stops_before_the_store_and_the_step_completes_it() -> None:
     async with debugged(RELEASE_GUEST, smp=2) as d:
         gdb, sym = d.gdb, d.sym
