@@ -10,6 +10,10 @@ ELF file loaded; ``set architecture powerpc:e500`` or ``powerpc:common`` both ac
 
 The ``regnum`` attributes make the remote numbering contiguous (0..37): that is the order of
 the ``g`` packet and the numbers in ``p``/``P`` packets.
+
+A description cannot state the byte order.  With the guest's ELF loaded (``file``), gdb takes
+big-endian from it; with no file at all, gdb-multiarch assumes the host's order and shows
+byte-swapped values until ``set endian big``, exactly as with QEMU's stub.
 """
 
 from __future__ import annotations

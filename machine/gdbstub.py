@@ -660,14 +660,17 @@ async def listen(address: str) -> list[trio.SocketListener]:
         raise ConfigError(f"-gdb {address!r}: cannot listen: {err.strerror}") from None
 
 
-async def run_with_gdb(machine: E500Machine, address: str = DEFAULT_GDB_ADDRESS, *,
+async def run_with_gdb(machine: E500Machine,
+                       address: str | list[trio.SocketListener] = DEFAULT_GDB_ADDRESS, *,
                        wait_for_debugger: bool = False, timeout: float | None = None,
                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
                        ) -> RunResult:
     """Run ``machine`` with a gdb stub on ``address`` (``-gdb``/``-s``; ``-S`` is
-    ``wait_for_debugger``).  Started (with ``nursery.start``) once listening, with the bound
-    port.  Returns the run's result; a connected gdb is told the machine exited."""
-    listeners = await listen(address)
+    ``wait_for_debugger``), or on listeners already opened with :func:`listen` (so that a
+    port in use is reported before the caller opens its own nursery).  Started (with
+    ``nursery.start``) once listening, with the bound port.  Returns the run's result; a
+    connected gdb is told the machine exited."""
+    listeners = await listen(address) if isinstance(address, str) else address
     server = GdbServer(machine, wait_for_debugger=wait_for_debugger)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.serve_listeners, listeners)
