@@ -205,6 +205,7 @@ class E500Machine:
                     self._stop_event = trio.Event()
                     if self.config.direct:
                         boot.load_direct(self.images, self.ram)
+                        self._arm_spin_table()
                     async with trio.open_nursery() as nursery:
                         for slot in self._slots:
                             await nursery.start(self._cpu_main, slot)
@@ -379,10 +380,19 @@ class E500Machine:
             cpu.set_gprs({1: DIRECT_BOOT_STACK, 3: self.images.dtb_addr, 6: EPAPR_MAGIC,
                           7: ima_size(self.images.dtb_addr + len(self.images.fdt))})
             return kernel.entry
-        entry = spin_entry_addr(self.ram_size, i)
-        self.ram.write(entry, SpinEntry.build(dict(entry_addr=SPIN_HOLD, r3=i, reserved=0,
-                                                    pir=i, pad=bytes(8))))
-        return None
+        return None  # held on the entry written by _arm_spin_table
+
+    def _arm_spin_table(self) -> None:
+        """Direct boot: every secondary's entry holds it (entry_addr = 1, r3 = pir = index).
+
+        Written before any CPU task starts: CPU 0 may release a secondary within microseconds
+        of starting, and an entry armed after that store would swallow the release."""
+        for i in range(1, self.n_cpus):
+            self.ram.write(
+                spin_entry_addr(self.ram_size, i),
+                SpinEntry.build(dict(entry_addr=SPIN_HOLD, r3=i, reserved=0, pir=i,
+                                     pad=bytes(8))),
+            )
 
     async def _spin_table_park(self, slot: _Slot) -> int:
         """Hold a CPU on its spin-table entry until a store clears bit 0 of entry_addr."""
