@@ -607,7 +607,7 @@ class GdbServer:
                         control.halt(Signal.INT)
                     continue
                 if isinstance(item, Ack):
-                    if not item.ok and last:
+                    if not item.ok and last and not session.no_ack:
                         await stream.send_all(last)
                     continue
                 if isinstance(item, BadPacket):

@@ -7,6 +7,8 @@ Addresses come from the guest's own symbols.
 
 from __future__ import annotations
 
+import random
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -367,6 +369,36 @@ async def test_bad_packets_get_error_replies_and_the_machine_runs_on(packet: str
         gdb = d.gdb
         assert await gdb.ask(packet) == reply
         assert await gdb.ask("qC") == "QC1"  # still talking
+        assert await gdb.ask("c") == "W77"
+    assert d.result[0].code == 0x77
+
+
+async def test_hundreds_of_malformed_packets_leave_the_machine_and_the_stub_working() -> None:
+    """Packets gdb never sends, built from every query prefix plus junk, correctly framed;
+    plus raw noise between them.  Resuming, killing and writing packets are left out: they
+    are meant to change the machine."""
+    rng = random.Random(6)
+    prefixes = ["?", "g", "p", "m", "Z", "z", "H", "T", "qSupported", "qXfer:features:read:",
+                "qfThreadInfo", "qsThreadInfo", "qC", "qAttached", "qThreadExtraInfo,",
+                "qSymbol:", "vCont?", "qRcmd,", "vFile:", "QNonStop:", "qTStatus", "x", "!"]
+    junk = "0123456789abcdefABCDEF,:;=-xyz}*\x7f\xff"
+    async with debugged(RELEASE_GUEST, smp=2) as d:
+        gdb = d.gdb
+        assert await gdb.ask("QStartNoAckMode") == "OK"
+        for _ in range(400):
+            body = "".join(rng.choice(junk) for _ in range(rng.randrange(12)))
+            payload = (rng.choice(prefixes) + body).encode("latin-1")
+            if rng.random() < 0.2:
+                # Noise outside packets (a '$' would start one and swallow the next).
+                noise = bytes(rng.choice([b for b in range(256) if b != ord("$")])
+                              for _ in range(8))
+                await gdb.stream.send_all(noise)
+            reply = await gdb.ask(payload)
+            assert reply == "" or reply == "OK" or re.fullmatch(r"E[0-9a-f]{2}|[^E].*", reply)
+        assert await gdb.ask("qC") == "QC1"
+        for n in range(32):  # registers intact
+            assert await gdb.reg(n, 1) == 0  # CPU 0 never ran; its r3 is its index, 0
+        assert await gdb.ask("z0,0,4") == "OK"
         assert await gdb.ask("c") == "W77"
     assert d.result[0].code == 0x77
 
