@@ -548,7 +548,12 @@ class GdbServer:
     async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         async with listener:
             while True:
-                stream = await listener.accept()
+                try:
+                    stream = await listener.accept()
+                except OSError:
+                    # Out of file descriptors and the like: the machine runs on; try later.
+                    await trio.sleep(0.1)
+                    continue
                 if self._connected:
                     await stream.aclose()  # one debugger at a time, as in QEMU
                     continue
