@@ -258,7 +258,7 @@ class Console:
         so ``m[1]`` reads a group.  The cursor moves past the match.
 
         Raises :class:`ConsoleFailure` as soon as one of the ``fail`` patterns appears
-        earlier than ``pattern``, :class:`ConsoleEnded` when the machine stops first, and
+        earlier than ``pattern`` (or at the same place), :class:`ConsoleEnded` when the machine stops first, and
         :class:`ConsoleTimeout` after ``timeout`` seconds (None waits for ever); each quotes
         the output it searched.
         """
@@ -292,7 +292,8 @@ class Console:
         limit = hit[0].start() if hit is not None else len(window) + 1
         for fail_pattern, rx in fails:
             bad = _find(rx, window)
-            if bad is not None and bad[0].start() < limit:
+            # A tie goes to the failure: "stub: error" beats "stub: " at the same place.
+            if bad is not None and bad[0].start() <= limit:
                 raise ConsoleFailure(
                     self._explain(f"failure pattern {fail_pattern!r} appeared"
                                   f" while waiting for {pattern!r}"),

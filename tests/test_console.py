@@ -96,6 +96,13 @@ async def test_a_failure_after_the_expected_text_does_not_count() -> None:
     await console.expect("login:", fail="panic")
 
 
+async def test_a_failure_at_the_same_place_as_the_expected_text_wins() -> None:
+    console = await attached()
+    await guest_prints(console, b"stub: error: no opt/greeting\n")
+    with pytest.raises(ConsoleFailure):
+        await console.expect("stub: ", fail="stub: error")
+
+
 async def test_a_failure_arriving_while_waiting_ends_the_wait() -> None:
     console = await attached()
     with trio.fail_after(1):
