@@ -443,7 +443,7 @@ async def test_firmware_boot_hands_the_kernel_the_same_state_as_direct_boot() ->
     firmware = await boot_machine(demo_config(smp=4, append="same state"))
     direct = await boot_machine(demo_config(smp=4, append="same state", direct=True))
 
-    assert (firmware.code, direct.code) == (0, 0)
+    assert (firmware.code, direct.code) == (0, 0), (firmware.reason, direct.reason)
     assert firmware.console == direct.console
 
 
