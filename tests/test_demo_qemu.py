@@ -31,12 +31,12 @@ pytestmark = [
 RAM_MIB = 256
 
 
-def boot_on_qemu(kernel: Path, smp: int, append: str) -> list[str]:
+def boot_on_qemu(kernel: Path, smp: int, append: str, *extra: str) -> list[str]:
     """Console lines of a ppce500 boot; the demo's reset request ends QEMU (-no-reboot)."""
     assert QEMU is not None
     proc = subprocess.run(
         [QEMU, "-M", "ppce500", "-cpu", "e500v2", "-smp", str(smp), "-m", str(RAM_MIB),
-         "-nographic", "-no-reboot", "-kernel", str(kernel), "-append", append],
+         "-nographic", "-no-reboot", "-kernel", str(kernel), "-append", append, *extra],
         stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
@@ -117,3 +117,28 @@ def test_fwcfg_e500_demo_command_matches_qemu_and_shows_the_fw_cfg_boot() -> Non
     trace = proc.stderr.decode(errors="replace")
     for item in ("kernel_data", P.FDT_FILE_NAME):
         assert re.search(rf"fw_cfg DMA read \d+ bytes of {re.escape(item)} at offset 0", trace)
+
+
+@pytest.mark.skipif(shutil.which("dtc") is None, reason="dtc not installed")
+def test_demo_finds_a_console_named_by_an_alias_with_options(tmp_path: Path) -> None:
+    """stdout-path = "serial0:115200n8" (the form U-Boot and Linux trees use) must work too."""
+    assert QEMU is not None
+    dumped = tmp_path / "ppce500.dtb"
+    subprocess.run([QEMU, "-M", f"ppce500,dumpdtb={dumped}", "-cpu", "e500v2", "-smp", "2",
+                    "-m", str(RAM_MIB), "-nographic", "-kernel", str(DEMO_ELF),
+                    "-append", "via alias"], stdin=subprocess.DEVNULL, capture_output=True,
+                   check=True, timeout=60)
+    dts = subprocess.run(["dtc", "-q", "-I", "dtb", "-O", "dts", str(dumped)],
+                         capture_output=True, text=True, check=True).stdout
+    dts, n = re.subn(r'(\s(?:linux,)?stdout-path) = "[^"]*";', r'\1 = "serial0:115200n8";', dts)
+    assert n == 2 and "serial0 = " in dts
+    aliased = tmp_path / "aliased.dtb"
+    subprocess.run(["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", str(aliased), "-"],
+                   input=dts, text=True, check=True)
+
+    lines = [line.rstrip("\r") for line in
+             boot_on_qemu(DEMO_ELF, 2, "via alias", "-dtb", str(aliased))]
+
+    assert "cmdline: via alias" in lines and lines[-1] == "demo: all 2 cpus up"
+    assert lines == [
+        line.rstrip("\r") for line in boot_on_qemu(DEMO_ELF, 2, "via alias")]
