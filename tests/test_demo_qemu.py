@@ -142,3 +142,24 @@ def test_demo_finds_a_console_named_by_an_alias_with_options(tmp_path: Path) -> 
     assert "cmdline: via alias" in lines and lines[-1] == "demo: all 2 cpus up"
     assert lines == [
         line.rstrip("\r") for line in boot_on_qemu(DEMO_ELF, 2, "via alias")]
+
+
+def test_given_qemus_own_device_tree_this_machine_prints_exactly_what_qemu_prints(
+    tmp_path: Path,
+) -> None:
+    """-dtb with ppce500's tree: the machine fills in its CPUs, hypervisor and /chosen, and the
+    demo's whole console, banner included, matches QEMU's."""
+    assert QEMU is not None
+    dumped = tmp_path / "ppce500.dtb"
+    subprocess.run([QEMU, "-M", f"ppce500,dumpdtb={dumped}", "-cpu", "e500v2", "-smp", "2",
+                    "-m", str(RAM_MIB), "-nographic", "-kernel", str(DEMO_ELF)],
+                   stdin=subprocess.DEVNULL, capture_output=True, check=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "machine", "-kernel", str(DEMO_ELF), "-dtb", str(dumped),
+         "-smp", "2", "-m", str(RAM_MIB), "-append", "one tree"],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+
+    assert proc.stdout.decode().splitlines() == [
+        line.rstrip("\r") for line in boot_on_qemu(DEMO_ELF, 2, "one tree")]
