@@ -190,6 +190,11 @@ class FwCfg:
                 f"fw_cfg file name {name!r} is {len(encoded)} bytes long;"
                 f" the limit is {FILE_NAME_MAX}"
             )
+        if item.size > 0xFFFF_FFFF:  # the directory's size field is a be32
+            raise ConfigError(
+                f"fw_cfg file {name!r} is {item.size} bytes; a fw_cfg file holds at most"
+                f" {0xFFFF_FFFF} bytes (4 GiB - 1)"
+            )
         with self._lock:
             names = [n for n, _ in self._files]
             if name in names:
