@@ -258,9 +258,9 @@ class Console:
         so ``m[1]`` reads a group.  The cursor moves past the match.
 
         Raises :class:`ConsoleFailure` as soon as one of the ``fail`` patterns appears
-        earlier than ``pattern`` (or at the same place), :class:`ConsoleEnded` when the machine stops first, and
-        :class:`ConsoleTimeout` after ``timeout`` seconds (None waits for ever); each quotes
-        the output it searched.
+        earlier than ``pattern`` (or at the same place), :class:`ConsoleEnded` when the
+        machine stops first, and :class:`ConsoleTimeout` after ``timeout`` seconds (None waits
+        for ever); each quotes the output it searched.
         """
         want = _compile(pattern)
         fails = [(f, _compile(f)) for f in _as_patterns(fail)]
