@@ -9,6 +9,8 @@ naming the tracks.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -134,3 +136,24 @@ def test_an_unwritable_trace_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"--trace-file '.*no-such-dir/boot.json' cannot be "
                                           r"written: No such file or directory"):
         E500Machine(kernel=DEMO_ELF, trace_file=missing)
+
+
+def test_the_command_line_writes_the_same_file(tmp_path: Path) -> None:
+    trace = tmp_path / "cli.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "machine", "--demo", "-smp", "2", "--trace-file", str(trace)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = load(trace)
+    spans = spans_by_track(records)
+    assert set(spans) == {0, 1}
+    assert any(r["name"] == "fw_cfg DMA read etc/fdt" for r in records)
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "machine", "--demo", "--trace-file", str(tmp_path / "x" / "y")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("fwcfg-e500: --trace-file ")
+    assert bad.stderr.count("\n") == 1
