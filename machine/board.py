@@ -179,6 +179,8 @@ class E500Machine:
         spin_page = spin_table_base(self.ram_size)
         for cpu in self.cpus:
             cpu.watch_page(spin_page)
+        #: Pages whose stores every CPU reports (applied, or pending before its first slice).
+        self._pages_everywhere: set[int] = {spin_page}
         self._init_public_api()
 
     # --- public ----------------------------------------------------------------------------
@@ -500,6 +502,8 @@ class E500Machine:
         A CPU outside a slice (parked, starting up, or the caller itself) cannot store, and
         picks the protection up before its next slice.  A CPU inside a slice is kicked, and we
         wait until that slice has ended: its next one starts with the page protected."""
+        if page in self._pages_everywhere:
+            return
         for slot in self._slots:
             if slot.cpu.watch_page(page) or slot is me:
                 continue
@@ -507,6 +511,7 @@ class E500Machine:
             while slot.in_slice and slot.generation == gen:
                 slot.cpu.kick()
                 await slot.lot.park()
+        self._pages_everywhere.add(page)
 
     def _take_release(self, slot: _Slot) -> int | None:
         with self._lock:
@@ -528,6 +533,7 @@ class E500Machine:
             if slot.release is not None:
                 return EvStatus.INVALID_STATE
             slot.release = (entry & 0xFFFF_FFFF, r3 & 0xFFFF_FFFF)
+        slot.cpu.nudge()  # a CPU parked inside its slice leaves it to take the release
         token = self._token
         if token is not None:
             try:
@@ -571,10 +577,58 @@ class E500Machine:
     def _ticks(self) -> int:
         return (time.monotonic_ns() - self._t0) * (TIMEBASE_HZ // 1_000_000) // 1000
 
-    def _set_running(self, delta: int) -> None:
-        self._running_count += delta
-        if self._running_count > 0 and self._tick_wakeup is not None:
+    def _set_running(self, delta: int, from_worker: bool = False) -> None:
+        """Count CPUs that execute; the ticker sleeps while there are none.  Worker threads
+        (CPUs parking inside a slice) call this too, hence the lock."""
+        with self._lock:
+            self._running_count += delta
+            wake = self._running_count > 0 and self._tick_wakeup is not None
+        if wake:
+            if not from_worker:
+                assert self._tick_wakeup is not None
+                self._tick_wakeup.set()
+            elif self._token is not None:
+                try:
+                    self._token.run_sync_soon(self._wake_ticker)
+                except trio.RunFinishedError:
+                    pass
+
+    def _wake_ticker(self) -> None:
+        if self._tick_wakeup is not None and self._running_count > 0:
             self._tick_wakeup.set()
+
+    def wait_store_in_slice(self, cpu: VCpu, addr: int, expected: int) -> int | None:
+        """FW_WAIT_STORE without leaving the slice (worker thread; see VCpu.prepare_wait).
+
+        Only when stores to the page are already reported from every CPU and nothing is
+        latched for this CPU; otherwise None sends it the slow way, through its trio task,
+        which protects the page everywhere first.  No lost wake-up: the waiter is armed
+        before the word is re-read, and both a store and a release set the nudge."""
+        slot = self._slots[cpu.index]
+        if (addr & ~(PAGE_SIZE - 1)) not in self._pages_everywhere or slot.release is not None:
+            return None
+        if not cpu.prepare_wait():
+            return None
+        waiter = self.watch.arm(addr, expected, lambda _value: cpu.nudge())
+        if self.watch.recheck(waiter) is not None:
+            return self.ram.read_u32(addr)
+        if slot.release is not None:
+            self.watch.disarm(waiter)
+            return None
+        self.events.emit(CpuParked(time=self.now(), cpu=cpu.index,
+                                   reason=ParkReason.WAIT_STORE, pc=cpu.hcall_pc,
+                                   address=addr))
+        self._set_running(-1, from_worker=True)
+        try:
+            cpu.wait_nudge()
+        finally:
+            self._set_running(+1, from_worker=True)
+            self.watch.disarm(waiter)
+        if not waiter.fired:
+            return None  # kicked or released: the trio task parks it properly
+        cpu.set_timebase(self._ticks())
+        self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
+        return self.ram.read_u32(addr)
 
     async def _ticker(self) -> None:
         """Advance the timebase of running CPUs at least every millisecond; sleep otherwise."""
@@ -680,6 +734,9 @@ class _Services:
 
     def ram_contains(self, addr: int, size: int) -> bool:
         return self._m.ram.contains(addr, size)
+
+    def wait_store_in_slice(self, cpu: VCpu, addr: int, expected: int) -> int | None:
+        return self._m.wait_store_in_slice(cpu, addr, expected)
 
 
 def _check_config(c: MachineConfig) -> None:

@@ -65,12 +65,16 @@ class Services(Protocol):
 
     def now_ns(self) -> int: ...
 
+    def wait_store_in_slice(self, cpu: VCpu, addr: int, expected: int) -> int | None:
+        """Park on the word without leaving the slice; the new value once a store changed it,
+        or None when the CPU must park through its trio task instead."""
+        ...
+
     def hypercall_event(self, event: Hypercall) -> None: ...
 
     def event_time(self) -> float: ...
 
-    @property
-    def ram_contains(self) -> Callable[[int, int], bool]: ...
+    def ram_contains(self, addr: int, size: int) -> bool: ...
 
 
 Handler = Callable[[Services, VCpu], "Exit | None"]
@@ -130,6 +134,10 @@ def _wait_store(svc: Services, cpu: VCpu) -> Exit | None:
     addr, expected = cpu.gpr(3), cpu.gpr(4)
     if addr % 4 or not svc.ram_contains(addr, 4):
         _status(cpu, EvStatus.EFAULT if addr % 4 == 0 else EvStatus.EINVAL)
+        return None
+    value = svc.wait_store_in_slice(cpu, addr, expected)
+    if value is not None:
+        _status(cpu, EvStatus.SUCCESS, r4=value)
         return None
     return Exit(ExitKind.PARK, _resume_pc(cpu), Park(ParkReason.WAIT_STORE, addr, expected))
 

@@ -204,6 +204,7 @@ class VCpu:
         self._kicked = False
         self._exit: Exit | None = None
         self._worker = _Worker(f"vcpu{index}")
+        self._nudge = threading.Event()
         self._debug = _DebugState()  # debugger support (issue 6)
         self.pc = 0
         #: Instructions are counted only by the benchmarks; this is the slice count.
@@ -280,6 +281,7 @@ class VCpu:
         with self._lock:
             self._kicked = True
             running = self._running
+        self._nudge.set()  # a CPU parked inside its slice (wait_nudge) must notice too
         if running:
             self.uc.emu_stop()
             threading.Thread(target=self._rekick, daemon=True).start()
@@ -322,6 +324,25 @@ class VCpu:
         if self._debug.step and not kicked:  # debugger support (issue 6)
             return Exit(ExitKind.STEP, here)
         return Exit(ExitKind.KICKED, here)
+
+    # --- parking inside a slice (the fast path of FW_WAIT_STORE) ------------------------
+    # The worker thread blocks inside the hypercall hook; the trio task is still awaiting
+    # run(), so parking remains an await.  A store that fires the waiter, a release, or a
+    # kick (cancellation, a page to protect, a debugger) sets the nudge.  Waking this way
+    # costs one thread hand-off instead of a trip through the trio loop and back.
+
+    def prepare_wait(self) -> bool:
+        """Arm the nudge; False if a kick is already pending (then do not block)."""
+        self._nudge.clear()
+        with self._lock:
+            return not self._kicked
+
+    def wait_nudge(self) -> None:
+        """Block the worker thread (GIL released) until :meth:`nudge` or :meth:`kick`."""
+        self._nudge.wait()
+
+    def nudge(self) -> None:
+        self._nudge.set()
 
     def stop_with(self, exit_: Exit) -> None:
         """From a hook: end the slice with ``exit_``."""
