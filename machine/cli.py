@@ -243,10 +243,25 @@ def boot(args: argparse.Namespace) -> int:
 
 
 async def _boot_main(machine: E500Machine, args: argparse.Namespace) -> RunResult:
+    from machine.gdbstub import DEFAULT_GDB_ADDRESS, listen, run_with_gdb
+
+    gdb = args.gdb or (DEFAULT_GDB_ADDRESS if args.gdb_default else None)
+    if args.stopped and gdb is None:
+        raise ConfigError("-S holds the CPUs for a debugger: add -s or -gdb tcp::PORT")
+    # Bound before the nursery opens: a port in use is a ConfigError, not an exception group.
+    listeners = await listen(gdb) if gdb else None
+    if listeners is not None:
+        where = gdb.split(":")[-1]
+        print(f"{PROG}: waiting for gdb on port {where}" if args.stopped
+              else f"{PROG}: gdb stub on port {where}", file=sys.stderr, flush=True)
     async with trio.open_nursery() as nursery:
         if _stdin_is_readable():
             nursery.start_soon(_pump_stdin, machine)
-        result = await machine.run(timeout=args.timeout)
+        if listeners is not None:
+            result = await run_with_gdb(machine, listeners, wait_for_debugger=args.stopped,
+                                        timeout=args.timeout)
+        else:
+            result = await machine.run(timeout=args.timeout)
         nursery.cancel_scope.cancel()
     return result
 
