@@ -30,7 +30,6 @@ import trio
 
 from machine.asm import assemble
 from machine.board import E500Machine
-from machine.guest import DEMO_ELF
 
 ROOT = Path(__file__).resolve().parent.parent
 
