@@ -250,7 +250,7 @@ async def _boot_main(machine: E500Machine, args: argparse.Namespace) -> RunResul
         raise ConfigError("-S holds the CPUs for a debugger: add -s or -gdb tcp::PORT")
     # Bound before the nursery opens: a port in use is a ConfigError, not an exception group.
     listeners = await listen(gdb) if gdb else None
-    if listeners is not None:
+    if gdb is not None:
         where = gdb.split(":")[-1]
         print(f"{PROG}: waiting for gdb on port {where}" if args.stopped
               else f"{PROG}: gdb stub on port {where}", file=sys.stderr, flush=True)
