@@ -223,7 +223,7 @@ class QtestServer:
             size = self._size(s)
             try:
                 raw = base64.b64decode(d, validate=True)
-            except binascii.Error:
+            except (binascii.Error, ValueError):  # ValueError: non-ASCII text
                 raise _Fail(f"data {d!r} is not base64") from None
             self.write_bytes(_number(a, "address"), raw[:size].ljust(size, b"\0"))
             return "OK"
