@@ -49,7 +49,8 @@ _QUOTE_EVENTS: Final = 20
 
 
 class EventWaitError(Exception):
-    """``wait_for`` did not see a matching event; the message lists the last events seen."""
+    """``wait_for`` did not see a matching event; the message lists the last events (of the
+    record, when the hub records; else those the wait saw)."""
 
     def __init__(self, message: str, *, recent: list[Event]) -> None:
         super().__init__(message)
@@ -236,6 +237,8 @@ class EventHub:
             if self._history is not None:
                 return await self._wait_recorded(test, predicate, recent)
             return await self._wait_live(test, predicate, recent)
+        if self._history is not None:  # the record's tail says more than the unmatched part
+            recent = deque(self._history, maxlen=_QUOTE_EVENTS)
         raise EventTimeout(
             _explain(f"no event matching {_name(predicate)} within {timeout:g} s", recent),
             recent=list(recent),
@@ -256,6 +259,7 @@ class EventHub:
                 recent.append(event)
             position = self._history_base + len(history)
             if self._ended:
+                recent = deque(history, maxlen=_QUOTE_EVENTS)
                 raise EventsEnded(
                     _explain(f"the run ended without an event matching {_name(predicate)}",
                              recent),

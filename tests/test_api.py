@@ -94,6 +94,7 @@ async def test_a_live_wait_subscribes_before_anything_can_happen() -> None:
 
 async def test_wait_timeout_lists_the_events_it_saw() -> None:
     async with E500Machine(bios=assemble(IDLE_UNTIL_INPUT), record_events=True) as m:
+        await m.wait_for(lambda e: e.describe().startswith("cpu 0: parked (idle)"))
         with pytest.raises(EventTimeout) as info:
             await m.wait_for(PowerOff, timeout=0.3)
     message = str(info.value)
