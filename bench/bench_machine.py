@@ -305,7 +305,7 @@ async def main(quick: bool) -> None:
           f"  p99 {q(spinning, 0.99):7.1f} us (secondary polls the entry at 100 % CPU)")
     print(f"   (includes two FW_GET_TIME hypercalls of ~{hc:.1f} us each)\n")
 
-    loops = 2_000_000 if quick else 20_000_000
+    loops = 5_000_000 if quick else 50_000_000
     plain = max([await store_rate(loops, False) for _ in range(3)])
     watched = max([await store_rate(loops, True) for _ in range(3)])
     print("3. guest stores per second, other CPU idle vs parked on a watched word"
