@@ -2,6 +2,8 @@
 
 Events are produced on worker threads (hooks) and on the trio thread.  They are queued under a
 lock and delivered on the trio thread in order, in batches: one ``run_sync_soon`` per batch.
+:class:`~machine.events.PowerOff` is always the last event of a run: what CPUs report while
+they are being stopped after it is dropped, so every listener sees the same ending.
 When nobody listens, :attr:`EventHub.active` is False and producers skip building events at all,
 so an untraced machine pays nothing for them.
 
@@ -80,6 +82,7 @@ class EventHub:
         self._ended = False
         self._ended_event: trio.Event | None = None
         self._end_callbacks: list[Callable[[], None]] = []
+        self._powered_off = False  # PowerOff is the last event of a run
         self.active = False
 
     # --- wiring ----------------------------------------------------------------------------
@@ -88,6 +91,8 @@ class EventHub:
         """The machine powers on: deliver on ``token``'s trio thread from now on."""
         self._token = token
         self._ended = False
+        with self._lock:
+            self._powered_off = False
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -120,6 +125,9 @@ class EventHub:
         if not self.active:
             return
         with self._lock:
+            if self._powered_off:
+                return  # teardown noise: CPUs stopping after the machine said it stopped
+            self._powered_off = isinstance(event, PowerOff)
             self._queue.append(event)
             schedule = not self._scheduled
             self._scheduled = True

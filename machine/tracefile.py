@@ -61,6 +61,7 @@ class TraceWriter:
         self._clock = clock
         self._first = True
         self._finished = False
+        self._off = False  # after power-off nothing opens a span again
         self._open: dict[int, str] = {}  # tid -> name of the open span
         self._last_ts: dict[int, float] = {}
         self._flows: dict[int, int] = {}  # target cpu -> flow id of a pending FW_CPU_RELEASE
@@ -110,7 +111,7 @@ class TraceWriter:
 
     def on_event(self, event: Event) -> None:
         handler = self._handlers.get(type(event))
-        if handler is not None and not self._finished:
+        if handler is not None and not self._finished and not self._off:
             handler(event)
 
     def on_console(self, cpu: int, data: bytes) -> None:
@@ -196,6 +197,7 @@ class TraceWriter:
                       {"code": e.code, "reason": e.reason}, scope="g")
         for tid in list(self._open):
             self._end_span(tid, e.time * 1e6)
+        self._off = True
 
     # --- output ----------------------------------------------------------------------------
 
