@@ -70,7 +70,8 @@ class HostFileItem(Item):
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             raise ConfigError(f"fw_cfg host file {str(path)!r} does not exist") from None
         except IsADirectoryError:

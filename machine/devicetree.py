@@ -25,6 +25,7 @@ rest of the user's tree still resolve.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ FDT_LAST_COMP_VERSION: Final = 16
 FDT_MAGIC: Final = 0xD00DFEED
 #: Linux's ``FDT_MAX_DEPTH``: deeper user trees are rejected (Linux would not unflatten them).
 FDT_MAX_DEPTH: Final = 64
+#: ``fdt.parse_dtb`` checks each new node (property) against its siblings one by one, so a
+#: parent with n children costs n^2/2 name comparisons (~0.6 us each): 200,000 sibling nodes
+#: in a 3 MiB blob took minutes.  Trees that would need more comparisons than this (about a
+#: second's worth; real trees need well under 10^5) are refused before parsing.
+FDT_MAX_SIBLING_WORK: Final = 2_000_000
 
 #: The FDT header (devicetree specification 5.2), version 17.
 FdtHeader = Struct(
@@ -330,6 +336,18 @@ def check_fdt(blob: bytes, source: str) -> tuple[int, list[dict[str, int]]]:
         reservations.append({"address": address, "size": size})
 
     off, depth, seen_root = hdr.off_dt_struct, 0, False
+    siblings: list[list[int]] = []  # per open node: [subnodes, properties] so far
+    work = 0
+
+    def add_sibling(kind: int, where: str) -> None:
+        nonlocal work
+        work += siblings[-1][kind]
+        siblings[-1][kind] += 1
+        if work > FDT_MAX_SIBLING_WORK:
+            raise bad(f"too many {('nodes', 'properties')[kind]} side by side (the parent of "
+                      f"the one at {where} already has {siblings[-1][kind] - 1}); reading it "
+                      f"would take over {FDT_MAX_SIBLING_WORK} name comparisons")
+
     while True:
         if off + 4 > struct_end:
             raise bad("the structure block ends without FDT_END")
@@ -347,6 +365,9 @@ def check_fdt(blob: bytes, source: str) -> tuple[int, list[dict[str, int]]]:
                 raise bad(f"a second root node at {where}")
             if depth == 0 and name:
                 raise bad(f"the root node is named {_show(name)}")
+            if siblings:
+                add_sibling(0, where)
+            siblings.append([0, 0])
             seen_root, depth = True, depth + 1
             if depth > FDT_MAX_DEPTH:
                 raise bad(f"nodes nested deeper than {FDT_MAX_DEPTH} levels")
@@ -354,6 +375,7 @@ def check_fdt(blob: bytes, source: str) -> tuple[int, list[dict[str, int]]]:
         elif tag == _END_NODE:
             if depth == 0:
                 raise bad(f"unbalanced end of node at {where}")
+            siblings.pop()
             depth -= 1
         elif tag == _PROP:
             if off + 8 > struct_end:
@@ -369,6 +391,7 @@ def check_fdt(blob: bytes, source: str) -> tuple[int, list[dict[str, int]]]:
             pname = _c_string(blob, hdr.off_dt_strings + nameoff, strings_end)
             if not pname or not _name_ok(pname, _NAME_CHARS):
                 raise bad(f"bad property name {_show(pname or b'')} at {where}")
+            add_sibling(1, where)
             off = P.align_up(off + length, 4)
         elif tag == _NOP:
             continue
@@ -510,7 +533,11 @@ def load_user_dtb(path: str | Path, cfg: TreeConfig) -> bytes:
     """Read ``-dtb FILE`` (refusing oversized files before reading them) and fix it up."""
     p = Path(path)
     try:
-        with p.open("rb") as f:
+        # O_NONBLOCK so that a FIFO nobody writes to reads as empty instead of blocking the
+        # open forever; reads block again (a pipe with a writer, e.g. <(dtc ...), still works).
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+        os.set_blocking(fd, True)
+        with open(fd, "rb") as f:
             blob = f.read(P.DTB_MAX_SIZE + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read device tree {p}: {exc.strerror}") from None

@@ -204,7 +204,7 @@ class BootLayout:
 def _map(path: Path, what: str) -> mmap.mmap:
     """Map a regular, non-empty host file read-only; every failure is a :class:`ConfigError`."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
     except OSError as exc:
