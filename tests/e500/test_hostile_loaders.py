@@ -81,7 +81,11 @@ def sparse(path: Path, size: int) -> Path:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("hostile")
+    return make_files(tmp_path_factory.mktemp("hostile"))
+
+
+def make_files(d: Path) -> dict[str, Path]:
+    """Every malformed file of :data:`CASES`, in directory ``d``."""
     made: dict[str, Path] = {}
 
     def put(name: str, data: bytes) -> None:
