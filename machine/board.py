@@ -6,8 +6,10 @@ lifetime.  Everything is checked and loaded when the machine is *built* (bad hos
 on inside one trio nursery:
 
 * one task per CPU drives its :class:`~machine.vcpu.VCpu`: run a slice, act on how it ended
-  (park, power off, reset, fault), repeat.  A parked CPU is a task awaiting an ``Event`` and a
-  worker thread blocked on a condition: zero host CPU.
+  (park, power off, reset, fault), repeat.  A parked CPU costs zero host CPU: either its task
+  awaits a ``trio.Event`` while its worker thread waits for work, or (FW_WAIT_STORE on a page
+  every CPU already watches) its worker blocks inside the hypercall hook while the task still
+  awaits the slice; docs/DESIGN.md "Parking" says why there are two.
 * one task advances every running CPU's timebase at least every millisecond (unicorn's does not
   tick) and sleeps when no CPU runs.
 
@@ -23,7 +25,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +52,6 @@ from machine.events import (
 from machine.hypercalls import Park, PowerOffRequest
 from machine.memory import GuestRAM
 from machine.platform import (
-    CLOCK_HZ,
     DEFAULT_RAM_SIZE,
     DIRECT_BOOT_STACK,
     EPAPR_MAGIC,
@@ -124,11 +125,6 @@ class RunResult:
     code: int
     reason: str
     fault: GuestFault | None = None
-    events: list[Event] = field(default_factory=list)
-
-
-class MachineStopped(Exception):
-    """Internal: unwinds the CPU tasks when the machine powers off, faults or resets."""
 
 
 class E500Machine:
@@ -754,4 +750,3 @@ def _check_config(c: MachineConfig) -> None:
             uuidlib.UUID(c.uuid)
         except ValueError:
             raise ConfigError(f"-uuid {c.uuid!r} is not a UUID") from None
-    _ = CLOCK_HZ  # the clock frequencies reach the guest through boot.build_fwcfg
