@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from fwcfg import ConfigError, FwCfgOption
+from fwcfg import ConfigError, DmaOp, DmaTransfer, FwCfgOption
 from machine import boot, hypercalls
 from machine.console import Console
 from machine.eventhub import EventHub
@@ -664,6 +664,12 @@ class E500Machine:
         if offset >= FWCFG_SIZE:
             return
         events = self._mmio.write(offset, size, value)
+        for e in events:  # a DMA READ wrote RAM behind unicorn's back: no stale code
+            if isinstance(e, DmaTransfer) and e.op is DmaOp.READ and e.length \
+                    and self.ram.contains(e.address, 1):
+                end = min(e.address + e.length, self.ram.base + self.ram.size)
+                for other in self.cpus:
+                    other.forget_code(e.address, end, now=other is cpu)
         if events and self.events.active:
             now = self.now()
             for e in events:

@@ -208,6 +208,7 @@ class VCpu:
             end=ROM_BASE + ROM_SIZE - 1,
         )
         self._watched = _Watched()
+        self._stale_code: list[tuple[int, int]] = []  # see forget_code
         self._lock = threading.Lock()
         self._running = False
         self._kicked = False
@@ -246,6 +247,36 @@ class VCpu:
             with self._lock:
                 self._watched.pages.add(page)
 
+    # --- code the host overwrote ----------------------------------------------------------
+
+    def forget_code(self, start: int, end: int, *, now: bool = False) -> None:
+        """Drop translated code for guest-physical ``[start, end)``.
+
+        Unicorn invalidates its translation blocks when the guest stores over them, but fw_cfg
+        DMA writes RAM from the host, behind its back: without this, a CPU jumping to code a
+        DMA just replaced runs the old instructions.  ``now`` is for this CPU's own worker
+        thread (inside its MMIO hook, the DMA's caller): the next fetch sees the new bytes.
+        Otherwise the range is queued and dropped before this CPU's next slice; a CPU in the
+        middle of a slice keeps its translations until the slice ends.
+        """
+        if end <= start:
+            return
+        if now:
+            self.uc.ctl_remove_cache(start, end)
+            return
+        with self._lock:
+            self._stale_code.append((start, end))
+            if len(self._stale_code) > 64:  # a long-parked CPU: one covering range is enough
+                lo = min(s for s, _ in self._stale_code)
+                hi = max(e for _, e in self._stale_code)
+                self._stale_code = [(lo, hi)]
+
+    def _apply_forgotten_code(self) -> None:
+        with self._lock:
+            stale, self._stale_code = self._stale_code, []
+        for start, end in stale:
+            self.uc.ctl_remove_cache(start, end)
+
     # --- running ---------------------------------------------------------------------------
 
     @property
@@ -262,6 +293,7 @@ class VCpu:
         # Cancelled is delivered here, before another slice could start.
         await trio.lowlevel.checkpoint_if_cancelled()
         self._apply_watches()
+        self._apply_forgotten_code()
         self._apply_debug(pc)  # debugger support (issue 6)
         task = trio.lowlevel.current_task()
         token = trio.lowlevel.current_trio_token()
