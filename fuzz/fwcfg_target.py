@@ -34,6 +34,8 @@ from test_fuzz_model import (
     EDGE_LENGTHS,
     EDGE_OPS,
     Harness,
+    Layout,
+    MemoryKind,
     edge_addresses,
 )
 
@@ -79,8 +81,8 @@ def _address(r: Reader, h: Harness, edges: list[int]) -> int:
 def one_input(data: bytes) -> None:
     r = Reader(data)
     header = r.take(1)
-    kind = "guestram" if header & 1 else "bytearray"
-    layout = "ioport" if header & 2 else "mmio"
+    kind: MemoryKind = "guestram" if header & 1 else "bytearray"
+    layout: Layout = "ioport" if header & 2 else "mmio"
     base = 0 if header & 4 and kind == "guestram" else 0x10000
     h = Harness(kind, layout, base=base)
     edges = edge_addresses(h.base, h.end)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from fwcfg import FwCfgOption
 from machine.asm import assemble
@@ -26,14 +27,16 @@ from machine.platform import MiB
 
 from .guests import PUTS, boot
 
+pytestmark = pytest.mark.cross
+
 
 def symbols(source: str, *names: str) -> list[int]:
     """Addresses of ``names`` in the guest ``source`` (assembled as :func:`boot` does)."""
     with assemble(source).open("rb") as f:
         table = ELFFile(f).get_section_by_name(".symtab")
-        return [table.get_symbol_by_name(name)[0]["st_value"] for name in names]
-
-pytestmark = pytest.mark.cross
+        assert isinstance(table, SymbolTableSection)
+        found = [table.get_symbol_by_name(name) for name in names]
+        return [int(sym[0]["st_value"]) for sym in found if sym]
 
 #: Bytes the suite's flood prints in all (the bench prints 100 MB).
 FLOOD_BYTES = 1 * MiB

@@ -24,6 +24,7 @@ pinned by hand-checked cases.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -443,11 +444,11 @@ EDGE_OPS = [0, ERROR, READ, SKIP, WRITE, READ | WRITE, WRITE | SKIP, READ | SKIP
 
 @pytest.fixture(params=[("bytearray", "mmio"), ("guestram", "mmio"), ("guestram", "ioport")],
                 ids=["bytearray", "guestram", "ioport"])
-def h(request: pytest.FixtureRequest) -> Harness:
+def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
     kind, layout = request.param
     base = 0 if kind == "guestram" else 0x10000
     harness = Harness(kind, layout, base=base)
-    yield harness  # type: ignore[misc]
+    yield harness
     harness.close()
 
 
