@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import itertools
 import struct
 import threading
 from collections.abc import Callable
@@ -262,7 +263,7 @@ class VCpu:
         if end <= start:
             return
         if now:
-            self.uc.ctl_remove_cache(start, end)
+            self._drop_code(start, end)
             return
         with self._lock:
             self._stale_code.append((start, end))
@@ -275,7 +276,20 @@ class VCpu:
         with self._lock:
             stale, self._stale_code = self._stale_code, []
         for start, end in stale:
-            self.uc.ctl_remove_cache(start, end)
+            self._drop_code(start, end)
+
+    def _drop_code(self, start: int, end: int) -> None:
+        """``ctl_remove_cache`` piece by piece.  Unicorn translates only the start of the range
+        and assumes the rest follows it in its RAM-block space: true inside one mapping, not
+        across the 16 MiB mappings' edges nor around a watched page (write-protecting a page
+        splits it off into a mapping of its own), where stale code used to survive."""
+        with self._lock:
+            watched = [p for p in self._watched.pages if start < p + PAGE_SIZE and p < end]
+        cuts = set(range((start // _RAM_MAP_CHUNK + 1) * _RAM_MAP_CHUNK, end, _RAM_MAP_CHUNK))
+        cuts.update(edge for p in watched for edge in (p, p + PAGE_SIZE))
+        points = sorted({start, end} | {c for c in cuts if start < c < end})
+        for lo, hi in itertools.pairwise(points):
+            self.uc.ctl_remove_cache(lo, hi)
 
     # --- running ---------------------------------------------------------------------------
 

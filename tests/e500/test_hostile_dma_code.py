@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fwcfg import FwCfgOption
+from machine.platform import MiB
 
 from .guests import boot
 
@@ -26,14 +27,16 @@ BLR = 0x4E80_0020
 CODE = 0x4000
 #: The replacement routine: ``li r3, 2; blr``.
 NEW_CODE = struct.pack(">II", LI_R3 | 2, BLR)
+NOP = struct.pack(">I", 0x6000_0000)
 FIRST_FILE_KEY = 0x21  # opt/code sorts after etc/fdt
 
-#: r6 = CODE; DMAs the 8 bytes of opt/code over it (descriptor at 0x5000), then icbi + isync.
+#: DMAs the 16 bytes of opt/code (nop, nop, the new routine) to r6 (descriptor at 0x5000),
+#: then icbi + isync as the architecture asks after changing code.
 DMA_NEW_CODE = f"""
     li 7, 0x5000
     li32 8, ({FIRST_FILE_KEY} << 16) | 0x0a   /* SELECT | READ */
     stw 8, 0(7)
-    li 8, 8
+    li 8, 16
     stw 8, 4(7)
     li 8, 0
     stw 8, 8(7)
@@ -51,22 +54,37 @@ DMA_NEW_CODE = f"""
 
 def options(tmp_path: Path) -> list[FwCfgOption]:
     path = tmp_path / "code"
-    path.write_bytes(NEW_CODE)
+    path.write_bytes(NOP * 2 + NEW_CODE)
     return [FwCfgOption(name="opt/code", file=str(path))]
 
 
-async def test_the_cpu_that_dmas_code_over_old_code_runs_the_new_code(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("watched", "routine"),
+    [(0x2_0000, CODE), (0x2_0000, 0x100_0000), (0x1_0000, 0x1_1000), (0x1_1000, 0x1_1000)],
+    ids=["plain", "across-16-MiB-mappings", "after-a-watched-page", "in-a-watched-page"],
+)
+async def test_the_cpu_that_dmas_code_over_old_code_runs_the_new_code(
+    tmp_path: Path, watched: int, routine: int
+) -> None:
+    """The DMA covers the 8 bytes before the routine too, so it starts in the page (or the
+    16 MiB mapping) before the routine's; a page some CPU waits on is write-protected, which
+    splits unicorn's mapping around it."""
     b = await boot(f"""
 _start:
+    li32 3, {watched:#x}
+    li 4, 1
+    hcall HC_FW_WAIT_STORE        /* returns at once (the word is 0); the page is watched */
     li32 4, {LI_R3 | 1:#x}
     li32 5, {BLR:#x}
-    li 6, {CODE:#x}
+    li32 6, {routine:#x}
     stw 4, 0(6)
     stw 5, 4(6)
     mtctr 6
     bctrl                         /* the old routine: r3 = 1 */
     mr 20, 3
+    addi 6, 6, -8
 {DMA_NEW_CODE}
+    addi 6, 6, 8
     mtctr 6
     bctrl                         /* the new routine: r3 = 2 */
     slwi 20, 20, 4
@@ -75,7 +93,7 @@ _start:
 dma_failed:
     li 3, 0xee
     hcall HC_FW_POWEROFF
-""", fw_cfg=options(tmp_path))
+""", fw_cfg=options(tmp_path), ram_size=64 * MiB)
     assert b.machine.fwcfg.key_of("opt/code") == FIRST_FILE_KEY
     assert b.result.code == 0x12, b.result.reason
 
@@ -103,7 +121,7 @@ boot_cpu:
     cmpwi 4, 0
     beq 2b
     mr 20, 4
-    li 6, {CODE:#x}
+    li 6, {CODE - 8:#x}
 {DMA_NEW_CODE}
     li 3, 1                       /* CPU 1 runs the routine again, now replaced */
     li32 4, secondary_again
