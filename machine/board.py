@@ -622,6 +622,7 @@ class E500Machine:
             self.watch.disarm(waiter)
         if not waiter.fired:
             return None  # kicked or released: the trio task parks it properly
+        cpu.apply_forgotten_code()  # a DMA may have replaced code while it slept in its slice
         cpu.set_timebase(self._ticks())
         self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
         return self.ram.read_u32(addr)

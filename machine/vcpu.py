@@ -272,7 +272,9 @@ class VCpu:
                 hi = max(e for _, e in self._stale_code)
                 self._stale_code = [(lo, hi)]
 
-    def _apply_forgotten_code(self) -> None:
+    def apply_forgotten_code(self) -> None:
+        """Drop what :meth:`forget_code` queued (between slices, or from this CPU's own
+        hypercall hook, where no translated block is executing)."""
         with self._lock:
             stale, self._stale_code = self._stale_code, []
         for start, end in stale:
@@ -307,7 +309,7 @@ class VCpu:
         # Cancelled is delivered here, before another slice could start.
         await trio.lowlevel.checkpoint_if_cancelled()
         self._apply_watches()
-        self._apply_forgotten_code()
+        self.apply_forgotten_code()
         self._apply_debug(pc)  # debugger support (issue 6)
         task = trio.lowlevel.current_task()
         token = trio.lowlevel.current_trio_token()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fwcfg import FwCfgOption
+from machine.events import CpuParked, ParkReason
 from machine.platform import MiB
 
 from .guests import boot
@@ -156,3 +157,72 @@ dma_failed:
     hcall HC_FW_POWEROFF
 """, smp=2, fw_cfg=options(tmp_path))
     assert b.result.code == 0x12, b.result.reason
+
+
+async def test_a_cpu_woken_by_a_store_after_the_dma_runs_the_new_code(tmp_path: Path) -> None:
+    """CPU 1 waits with FW_WAIT_STORE on a page already watched everywhere, so it sleeps
+    inside its slice (the fast path) instead of leaving it; CPU 0 replaces the routine by DMA
+    and then wakes it with a store.  The wake-up must drop the stale translation too."""
+    b = await boot(f"""
+_start:
+    cmpwi 3, 0
+    beq boot_cpu
+0:  hcall HC_EV_IDLE              /* CPU 1 waits to be released */
+    b 0b
+secondary:
+    li 6, {CODE:#x}               /* CPU 1: the old routine, then wait on 0x6000 */
+    mtctr 6
+    bctrl
+    li 7, 0x6004
+    stw 3, 0(7)                   /* report the old result */
+1:  li 3, 0x6000
+    li 4, 0
+    hcall HC_FW_WAIT_STORE
+    cmpwi 4, 0
+    beq 1b
+    li 6, {CODE:#x}
+    mtctr 6
+    bctrl
+    li 7, 0x6008
+    stw 3, 0(7)                   /* report the new result */
+2:  hcall HC_EV_IDLE
+    b 2b
+boot_cpu:
+    li32 4, {LI_R3 | 1:#x}
+    li32 5, {BLR:#x}
+    li 6, {CODE:#x}
+    stw 4, 0(6)
+    stw 5, 4(6)
+    li 3, 1
+    li32 4, secondary
+    li 5, 1
+    hcall HC_FW_CPU_RELEASE
+3:  li 3, 0x6004                  /* wait until CPU 1 ran the old routine */
+    li 4, 0
+    hcall HC_FW_WAIT_STORE
+    cmpwi 4, 0
+    beq 3b
+    mr 20, 4
+    li32 3, 300000                /* let CPU 1 reach its wait */
+    mtctr 3
+4:  bdnz 4b
+    li 6, {CODE - 8:#x}
+{DMA_NEW_CODE}
+    li 7, 0x6000
+    li 8, 1
+    stw 8, 0(7)                   /* wake CPU 1 */
+5:  li 3, 0x6008
+    li 4, 0
+    hcall HC_FW_WAIT_STORE
+    cmpwi 4, 0
+    beq 5b
+    slwi 20, 20, 4
+    or 3, 4, 20
+    hcall HC_FW_POWEROFF          /* 0x12 */
+dma_failed:
+    li 3, 0xee
+    hcall HC_FW_POWEROFF
+""", smp=2, fw_cfg=options(tmp_path))
+    assert b.result.code == 0x12, b.result.reason
+    parked = [e for e in b.of(CpuParked) if e.cpu == 1 and e.reason is ParkReason.WAIT_STORE]
+    assert parked, "CPU 1 never waited"
