@@ -234,7 +234,8 @@ class E500Machine:
         return self._stop_result
 
     def close(self) -> None:
-        """Release host resources (worker threads).  The machine cannot run afterwards."""
+        """Release host resources (worker threads, CPU engines); idempotent.  The machine
+        cannot run afterwards; its RAM stays readable until the object is dropped."""
         for cpu in self.cpus:
             cpu.close()
 
@@ -254,7 +255,10 @@ class E500Machine:
         try:
             await nursery.start(runner)
         except BaseException as e:
-            await self._cm_nursery_mgr.__aexit__(type(e), e, e.__traceback__)
+            try:
+                await self._cm_nursery_mgr.__aexit__(type(e), e, e.__traceback__)
+            finally:
+                self.close()
             raise
         return self
 
@@ -263,6 +267,12 @@ class E500Machine:
             self.stop(reason="the async with block ended")
         try:
             return await self._cm_nursery_mgr.__aexit__(*exc)
+        except BaseExceptionGroup as group:
+            # trio wraps the block's own exception in a group; hand it back unwrapped so
+            # `except ConsoleTimeout` / pytest.raises around the block work as people expect.
+            if exc[1] is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc[1]:
+                return False
+            raise
         finally:
             self.close()
 

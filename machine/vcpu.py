@@ -150,6 +150,10 @@ class _Worker:
             self._cv.notify()
         self._thread.join(timeout=5)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _loop(self) -> None:
         while True:
             with self._cv:
@@ -216,6 +220,7 @@ class VCpu:
         self._exit: Exit | None = None
         self._worker = _Worker(f"vcpu{index}")
         self._nudge = threading.Event()
+        self._closed = False
         self._debug = _DebugState()  # debugger support (issue 6)
         self.pc = 0
         #: Instructions are counted only by the benchmarks; this is the slice count.
@@ -407,7 +412,24 @@ class VCpu:
         self.uc.emu_stop()
 
     def close(self) -> None:
+        """Stop the worker thread and free the engine (idempotent).
+
+        The engine is freed here rather than left to the garbage collector: unicorn's hook
+        callbacks make every instance a reference cycle, so a closed machine would otherwise
+        keep its translation buffers (megabytes per CPU) until a collection happens.  Register
+        access after close raises instead of touching freed memory."""
+        if self._closed:
+            return
         self._worker.close()
+        if self._worker.alive:
+            return  # never free an engine a stuck thread may still be inside
+        self._closed = True
+        self._gprs = _Closed(self.index)
+        self.uc._callbacks.clear()
+        self.uc._mmio_callbacks.clear()
+        finalize = getattr(self.uc, "_Uc__finalizer", None)
+        if finalize is not None:
+            finalize()
 
     # --- debugger support (issue 6) --------------------------------------------------------
     # The debugger (machine/gdb_control.py) states what it wants with set_breakpoints,
@@ -600,6 +622,8 @@ class VCpu:
 
     def snapshot(self) -> CpuState:
         """GPRs, PC, MSR, LR, CTR, CR and XER (only while the CPU is not running)."""
+        if self._closed:
+            raise RuntimeError(f"cpu {self.index} is closed: its machine was closed")
         uc = self.uc
         return CpuState(
             cpu=self.index,
@@ -644,6 +668,20 @@ class _DebugState:
     undo: tuple[int, bytes] | None = None  # a watched store to take back
     bp_hooks: dict[int, int] = field(default_factory=dict)
     wp_hooks: dict[Watch, int] = field(default_factory=dict)
+
+
+class _Closed:
+    """Stands in for the register array of a closed CPU: fails loudly, never reads freed
+    engine memory."""
+
+    def __init__(self, index: int) -> None:
+        self._index = index
+
+    def __getitem__(self, n: int) -> int:
+        raise RuntimeError(f"cpu {self._index} is closed: its machine was closed")
+
+    def __setitem__(self, n: int, value: int) -> None:
+        self.__getitem__(n)
 
 
 def pack_bytes_be(data: bytes, words: int = 4) -> list[int]:

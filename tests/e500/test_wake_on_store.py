@@ -45,8 +45,14 @@ idle:
 
 @pytest.mark.parametrize(
     "store",
-    ["stw 4, 0(21)", "sth 4, 2(21)", "li 6, 0\n    stmw 6, 0(21)\n    stw 4, 0(21)"],
-    ids=["stw", "sth-low-half", "stmw-then-stw"],
+    [
+        "stw 4, 0(21)",
+        "sth 4, 2(21)",
+        # a multiple store across a page edge: r30 to 0x2ffc (unwatched page), r31 = the new
+        # counter to 0x3000 (a transient value here would make the protocol itself livelock)
+        "mr 31, 4\n    li 30, 0x55\n    stmw 30, -4(21)",
+    ],
+    ids=["stw", "sth-low-half", "stmw-across-pages"],
 )
 async def test_ping_pong_between_two_cpus_never_loses_a_wakeup(store: str) -> None:
     rounds = 2000
