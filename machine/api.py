@@ -8,7 +8,7 @@
 
 Everything here is re-exported from the module that owns it; :func:`run_machine` is the one
 helper that lives here: boot, run to the end, hand back what happened as values.
-See ``docs/API.md`` for the tour.
+See the README, "Scripting boots: the Python API", for the tour.
 """
 
 from __future__ import annotations
