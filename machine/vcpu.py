@@ -187,6 +187,7 @@ class VCpu:
         self.uc = uc = new_e500()
         self.sprs = SprAccess(uc)
         self.sprs.write(SPR_PIR, index)
+        self._gprs: Any = None
         self._bind_gprs()
         self._rom_address = rom_address
         self.hcall_pc = 0
@@ -425,9 +426,10 @@ class VCpu:
             return  # never free an engine a stuck thread may still be inside
         self._closed = True
         self._gprs = _Closed(self.index)
-        self.uc._callbacks.clear()
-        self.uc._mmio_callbacks.clear()
-        finalize = getattr(self.uc, "_Uc__finalizer", None)
+        engine: Any = self.uc
+        engine._callbacks.clear()
+        engine._mmio_callbacks.clear()
+        finalize = getattr(engine, "_Uc__finalizer", None)
         if finalize is not None:
             finalize()
 
@@ -594,7 +596,7 @@ class VCpu:
     # hooks, which is the only time the machine touches registers; checked at construction.
 
     def _bind_gprs(self) -> None:
-        self._gprs: Any = (ctypes.c_uint32 * 32).from_address(self.sprs.env)
+        self._gprs = (ctypes.c_uint32 * 32).from_address(self.sprs.env)
         probe = 0x6A09_E667
         self.uc.reg_write(UC_PPC_REG_0 + 7, probe)
         if self._gprs[7] != probe:
