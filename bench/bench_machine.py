@@ -368,17 +368,17 @@ async def main(quick: bool) -> None:
     else:
         print("   qemu-system-ppc not installed: no reference\n")
 
+    base, booted = rss_after_boot()
+    print("5. resident size after booting the demo with -m 3072 -smp 8 (target < 64 MiB more)")
+    print(f"   machine    : {booted / 2**20:7.1f} MiB ({(booted - base) / 2**20:+.1f} MiB)")
+    print(f"   interpreter: {base / 2**20:7.1f} MiB (the same process before building it)")
+    print()
     iters = (1 << 26) if quick else (1 << 28)
     one = await loop_seconds(1, iters)
     two = await loop_seconds(2, iters)
     print(f"6. CPUs in parallel: the same loop ({iters * 3 / 1e9:.2f} G instructions) on each CPU")
     print(f"   two CPUs at once : {two:6.2f} s  (parallel speed-up {2 * one / two:.2f}x of 2)")
-    print(f"   reference, one   : {one:6.2f} s\n")
-
-    base, booted = rss_after_boot()
-    print("5. resident size after booting the demo with -m 3072 -smp 8 (target < 64 MiB more)")
-    print(f"   machine    : {booted / 2**20:7.1f} MiB ({(booted - base) / 2**20:+.1f} MiB)")
-    print(f"   interpreter: {base / 2**20:7.1f} MiB (the same process before building it)")
+    print(f"   reference, one   : {one:6.2f} s")
 
 
 if __name__ == "__main__":
