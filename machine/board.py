@@ -115,6 +115,9 @@ class _Slot:
         self.generation = 0
         self.in_slice = False  # inside VCpu.run: the only state in which it can store
         self.input_pending = False  # console input arrived since the last EV_IDLE
+        #: What the CPU is parked in ("EV_IDLE", "FW_WAIT_STORE on 0x3000"); cleared when it
+        #: wakes normally, kept when a stop cancels the wait, so timeouts can say it.
+        self.waiting_in: str | None = None
         self.lot = trio.lowlevel.ParkingLot()
 
 
@@ -219,7 +222,7 @@ class E500Machine:
                         continue
                     break
             if scope.cancelled_caught:
-                where = "; ".join(_where(s.cpu) for s in self._slots)
+                where = "; ".join(_where(s) for s in self._slots)
                 self._stop_result = RunResult(
                     code=124, reason=f"timeout after {timeout:g} s: {where}"
                 )
@@ -322,7 +325,7 @@ class E500Machine:
             if self.result is None:
                 raise RuntimeError("the run was cancelled before the machine stopped")
             return self.result
-        where = "; ".join(_where(s.cpu) for s in self._slots)
+        where = "; ".join(_where(s) for s in self._slots)
         raise TimeoutError(f"the machine was still running after {timeout:g} s: {where}")
 
     # --- the CPU tasks ---------------------------------------------------------------------
@@ -460,7 +463,9 @@ class E500Machine:
             if slot.input_pending:
                 slot.input_pending = False
                 return "console"
+            slot.waiting_in = "EV_IDLE"
             await slot.wake.wait()
+            slot.waiting_in = None
         finally:
             slot.parked = None
         by = "release" if slot.release is not None else "console"
@@ -494,7 +499,12 @@ class E500Machine:
             if announce:
                 self.events.emit(CpuParked(time=self.now(), cpu=slot.cpu.index, reason=reason,
                                            pc=pc, address=word))
+            slot.waiting_in = (
+                f"FW_WAIT_STORE on {word:#x}" if reason is ParkReason.WAIT_STORE
+                else f"its spin-table entry ({word:#x})"
+            )
             await ev.wait()
+            slot.waiting_in = None
         finally:
             slot.parked = None
             self.watch.disarm(waiter)
@@ -625,6 +635,7 @@ class E500Machine:
                                    reason=ParkReason.WAIT_STORE, pc=cpu.hcall_pc,
                                    address=addr))
         self._set_running(-1, from_worker=True)
+        slot.waiting_in = f"FW_WAIT_STORE on {addr:#x}"
         try:
             cpu.wait_nudge()
         finally:
@@ -632,6 +643,7 @@ class E500Machine:
             self.watch.disarm(waiter)
         if not waiter.fired:
             return None  # kicked or released: the trio task parks it properly
+        slot.waiting_in = None
         cpu.apply_forgotten_code()  # a DMA may have replaced code while it slept in its slice
         cpu.set_timebase(self._ticks())
         self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
@@ -694,8 +706,11 @@ def _fwcfg_event(e: Any, cpu: int, now: float) -> Event:
     return FwCfgSelect(time=now, cpu=cpu, key=e.key, name=e.name)
 
 
-def _where(cpu: VCpu) -> str:
-    return f"cpu {cpu.index} at pc {cpu.pc:#010x}"
+def _where(slot: _Slot) -> str:
+    """Where a CPU was when the machine stopped it, for timeout messages."""
+    cpu = slot.cpu
+    state = f" parked in {slot.waiting_in}" if slot.waiting_in else ""
+    return f"cpu {cpu.index}{state} at pc {cpu.pc:#010x}"
 
 
 class _Host:

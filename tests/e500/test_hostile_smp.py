@@ -359,4 +359,4 @@ parked:
     rom_loop, parked = symbols(PUTS + source, "rom_loop", "parked")
     assert "cpu 0 at pc 0x00004000" in reason
     assert f"cpu 1 at pc {rom_loop:#010x}" in reason
-    assert f"cpu 2 at pc {parked + 12:#010x}" in reason  # after its EV_IDLE's sc 1
+    assert f"cpu 2 parked in EV_IDLE at pc {parked + 12:#010x}" in reason  # after its sc 1
