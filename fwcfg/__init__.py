@@ -18,6 +18,7 @@ from fwcfg._frontends import FrontEnd as FrontEnd
 from fwcfg._frontends import IoPort as IoPort
 from fwcfg._frontends import MmioWide as MmioWide
 from fwcfg._items import Item as Item
+from fwcfg._items import ViewItem as ViewItem
 from fwcfg._layouts import DEFAULT_FILE_SLOTS as DEFAULT_FILE_SLOTS
 from fwcfg._layouts import DMA_SIGNATURE as DMA_SIGNATURE
 from fwcfg._layouts import FILE_NAME_MAX as FILE_NAME_MAX
@@ -64,6 +65,7 @@ __all__ = [
     "MmioWide",
     "PpcKey",
     "Selected",
+    "ViewItem",
     "apply_fw_cfg_options",
     "parse_fw_cfg_option",
 ]

@@ -59,6 +59,18 @@ class BytesItem(Item):
             self._on_write(offset, data)
 
 
+class ViewItem(Item):
+    """A read-only view of a buffer the caller keeps alive (an mmap'd initrd, say): no copy is
+    made when it is added, and DMA copies straight from it into guest RAM."""
+
+    def __init__(self, data: Buffer) -> None:
+        self._view = memoryview(data).cast("B")
+        self.size = len(self._view)
+
+    def view(self, offset: int, length: int) -> memoryview:
+        return self._view[offset : offset + length]
+
+
 class HostFileItem(Item):
     """A host file, mapped on first read so that adding even a 1 GiB file costs no memory.
 

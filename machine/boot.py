@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fwcfg import ConfigError, FwCfg, Key, MmioWide, PpcKey
+from fwcfg import ConfigError, FwCfg, Key, MmioWide, PpcKey, ViewItem
 from machine import devicetree, loader
 from machine.memory import GuestRAM
 from machine.platform import BUS_HZ, CLOCK_HZ, FDT_FILE_NAME, TIMEBASE_HZ
@@ -95,7 +95,9 @@ def build_fwcfg(
     i = images.initrd
     dev.add_u32(Key.INITRD_ADDR, i.addr if i else 0)
     dev.add_u32(Key.INITRD_SIZE, i.size if i else 0)
-    dev.add_bytes(Key.INITRD_DATA, i.data if i else b"")
+    # The initrd stays a view of the mapped file: adding it copies nothing, and the guest's
+    # DMA copies it once, straight into RAM.
+    dev.add_item(Key.INITRD_DATA, ViewItem(i.data if i else b""))
     cmdline = images.cmdline.encode() + b"\0"
     dev.add_u32(Key.CMDLINE_SIZE, len(cmdline))
     dev.add_bytes(Key.CMDLINE_DATA, cmdline)
