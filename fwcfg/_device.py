@@ -400,7 +400,8 @@ class FwCfg:
                 elif op is DmaOp.WRITE:
                     error = True
             else:
-                chunk = min(remaining, item.size - self._cur_offset)
+                chunk = min(remaining, item.size - self._cur_offset, item.span(self._cur_offset))
+                assert chunk > 0, "an item's span is at least one byte inside it"
                 if op is DmaOp.READ:
                     error = not _write_prefix(
                         self.memory, addr, item.view(self._cur_offset, chunk)

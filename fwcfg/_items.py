@@ -33,6 +33,13 @@ class Item:
         """The bytes ``[offset, offset + length)``, which the caller keeps inside :attr:`size`."""
         raise NotImplementedError
 
+    def span(self, offset: int) -> int:
+        """How many bytes from ``offset`` one :meth:`view` can return without building them.
+
+        DMA asks for at most this much at a time, so an item made of pieces (a kernel's ELF
+        segments) is copied into guest RAM piece by piece, never assembled on the host."""
+        return self.size - offset
+
     def store(self, offset: int, data: bytes) -> None:
         """Replace bytes at ``offset`` (only called on writable items, inside :attr:`size`)."""
         raise NotImplementedError

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fwcfg import ConfigError, FwCfg, Key, MmioWide, PpcKey, ViewItem
+from fwcfg import ConfigError, FwCfg, Item, Key, MmioWide, PpcKey, ViewItem
 from machine import devicetree, loader
 from machine.memory import GuestRAM
 from machine.platform import BUS_HZ, CLOCK_HZ, FDT_FILE_NAME, TIMEBASE_HZ
@@ -91,7 +91,8 @@ def build_fwcfg(
     dev.add_u32(Key.KERNEL_ADDR, k.load_addr if k else 0)
     dev.add_u32(Key.KERNEL_SIZE, k.size if k else 0)
     dev.add_u32(Key.KERNEL_ENTRY, k.entry if k else 0)
-    dev.add_bytes(Key.KERNEL_DATA, k.data if k else b"")
+    # Served from the mapped kernel file piece by piece (loader.FlatImage): no host copy.
+    dev.add_item(Key.KERNEL_DATA, _as_item(k.data) if k else ViewItem(b""))
     i = images.initrd
     dev.add_u32(Key.INITRD_ADDR, i.addr if i else 0)
     dev.add_u32(Key.INITRD_SIZE, i.size if i else 0)
@@ -116,7 +117,14 @@ def load_direct(images: BootImages, ram: GuestRAM) -> None:
     """Direct boot (``--direct``): put kernel, initrd and device tree in RAM as QEMU does."""
     k = images.kernel
     assert k is not None
-    ram.write(k.load_addr, k.data)
+    if isinstance(k.data, loader.FlatImage):
+        k.data.write_to(ram, k.load_addr)
+    else:
+        ram.write(k.load_addr, k.data)
     if images.initrd is not None:
         ram.write(images.initrd.addr, images.initrd.data)
     ram.write(images.dtb_addr, images.fdt)
+
+
+def _as_item(data: loader.FlatImage | bytes) -> Item:
+    return data if isinstance(data, loader.FlatImage) else ViewItem(data)

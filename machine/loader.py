@@ -28,6 +28,7 @@ Formats:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import mmap
 import os
@@ -35,7 +36,7 @@ import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final, cast
+from typing import IO, Final, cast, overload
 
 from construct import Bytes, Enum, Int8ub, Int16ub, Int16ul, Int32ub, Padding, Struct
 from elftools.elf.constants import P_FLAGS
@@ -43,7 +44,7 @@ from elftools.elf.descriptions import describe_e_machine
 from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE
 
-from fwcfg import ConfigError
+from fwcfg import ConfigError, GuestMemory, Item
 from machine import platform as P
 
 ADDRESS_SPACE: Final = 1 << 32
@@ -138,13 +139,119 @@ class Region:
         return f"{self.name} at {self.start:#x}-{self.end:#x}"
 
 
+class FlatImage(Item):
+    """A kernel laid out flat without building the flat bytes.
+
+    ``pieces`` are ``(offset, view)`` pairs, views of the mapped file in offset order; every
+    byte between and after them (ELF gaps, bss) is zero.  It is a read-only fw_cfg item whose
+    :meth:`span` stops at piece edges, so the guest's DMA copies each piece straight from the
+    page cache into guest RAM, and direct boot writes the pieces: a 64 MiB kernel is never
+    copied on the host.  ``bytes(image)`` builds the flat bytes for whoever really wants them,
+    and an image compares equal to its flat bytes.
+    """
+
+    def __init__(self, size: int, pieces: list[tuple[int, memoryview]]) -> None:
+        self.size = size
+        self._pieces = [(off, memoryview(v).cast("B")) for off, v in pieces if len(v)]
+        self._starts = [off for off, _ in self._pieces]
+        assert all(a + len(v) <= b for (a, v), b in
+                   zip(self._pieces, [*self._starts[1:], size], strict=True))
+
+    @property
+    def pieces(self) -> list[tuple[int, memoryview]]:
+        return list(self._pieces)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        flat = bytearray(self.size)
+        for off, v in self._pieces:
+            flat[off : off + len(v)] = v
+        return bytes(flat)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FlatImage | bytes | bytearray | memoryview):
+            return bytes(self) == bytes(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @overload
+    def __getitem__(self, key: int) -> int: ...
+
+    @overload
+    def __getitem__(self, key: slice) -> bytes: ...
+
+    def __getitem__(self, key: int | slice) -> int | bytes:
+        """Bytes of the flat image, like indexing ``bytes(image)`` (without building it)."""
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.size)
+            if step != 1:
+                return bytes(self)[key]
+            return bytes(self.view(start, max(0, stop - start)))
+        index = key + self.size if key < 0 else key
+        if not 0 <= index < self.size:
+            raise IndexError("flat image index out of range")
+        return self.view(index, 1)[0]
+
+    def _locate(self, offset: int) -> tuple[int, int]:
+        """(index of the piece at or before ``offset``, or -1; where the run there ends)."""
+        i = bisect.bisect_right(self._starts, offset) - 1
+        if i >= 0:
+            start, v = self._pieces[i]
+            if offset < start + len(v):
+                return i, start + len(v)
+        nxt = self._starts[i + 1] if i + 1 < len(self._starts) else self.size
+        return i, nxt
+
+    def span(self, offset: int) -> int:
+        return self._locate(offset)[1] - offset
+
+    def release(self) -> None:
+        """Let go of the file mapping (the image is unusable afterwards)."""
+        for _, v in self._pieces:
+            v.release()
+        self._pieces = []
+
+    def view(self, offset: int, length: int) -> bytes | bytearray | memoryview:
+        i, run_end = self._locate(offset)
+        if offset + length <= run_end:
+            if i >= 0 and offset < self._starts[i] + len(self._pieces[i][1]):
+                start, v = self._pieces[i]
+                return v[offset - start : offset - start + length]
+            return bytes(length)  # inside a gap
+        out = bytearray(length)
+        for start, v in self._pieces[max(i, 0):]:
+            if start >= offset + length:
+                break
+            lo, hi = max(offset, start), min(offset + length, start + len(v))
+            if lo < hi:
+                out[lo - offset : hi - offset] = v[lo - start : hi - start]
+        return out
+
+    def write_to(self, memory: GuestMemory, addr: int) -> None:
+        """Put the image at ``addr`` (direct boot): the pieces, and zeros between them."""
+        cursor = 0
+        for off, v in self._pieces:
+            if off > cursor:
+                memory.write(addr + cursor, bytes(off - cursor))
+            memory.write(addr + off, v)
+            cursor = off + len(v)
+        if self.size > cursor:
+            memory.write(addr + cursor, bytes(self.size - cursor))
+
+
 @dataclass(frozen=True)
 class KernelImage:
-    """The kernel as one flat image: ``data`` goes to ``load_addr``; the CPU starts at ``entry``."""
+    """The kernel as one flat image: ``data`` goes to ``load_addr``; the CPU starts at ``entry``.
+
+    ``data`` is a :class:`FlatImage` over the mapped file when loaded from a file (plain bytes
+    are accepted too, e.g. in tests)."""
 
     load_addr: int
     entry: int
-    data: bytes = field(repr=False)  # megabytes: keep reprs and test failures readable
+    data: FlatImage | bytes = field(repr=False)  # megabytes: keep reprs readable
     path: Path
 
     @property
@@ -355,21 +462,12 @@ def _physical_entry(entry: int, segments: list[_Segment]) -> int:
     return entry
 
 
-def _flatten(image: mmap.mmap, segments: list[_Segment], base: int, size: int) -> bytes:
-    """Lay the segments out from ``base`` in ``size`` bytes, zero-filling gaps and bss."""
-    parts: list[bytes | memoryview] = []
+def _flatten(image: mmap.mmap, segments: list[_Segment], base: int, size: int) -> FlatImage:
+    """Lay the segments out from ``base`` in ``size`` bytes, zero-filling gaps and bss (as
+    views of the mapped file: nothing is copied)."""
     view = memoryview(image)
-    try:
-        cursor = base
-        for seg in segments:
-            parts.append(bytes(seg.paddr - cursor))
-            parts.append(view[seg.offset : seg.offset + seg.filesz])
-            cursor = seg.paddr + seg.filesz
-        parts.append(bytes(base + size - cursor))
-        return b"".join(parts)
-    finally:
-        parts.clear()
-        view.release()
+    return FlatImage(size, [(seg.paddr - base, view[seg.offset : seg.offset + seg.filesz])
+                            for seg in segments])
 
 
 def _entry_inside(entry: int, region: Region, path: Path, what: str) -> None:
@@ -420,7 +518,9 @@ def load_kernel(path: str | Path, ram_size: int) -> KernelImage:
     """Load ``-kernel FILE`` (ELF, uImage or raw) for a machine with ``ram_size`` bytes of RAM."""
     path = Path(path)
     what = "kernel"
-    with _map(path, what) as image:
+    # The mapping stays open on success: the image is served from it (see FlatImage).
+    image = _map(path, what)
+    try:
         if image[:4] == ELF_MAGIC:
             entry, segments = _elf_segments(image, path, what)
             base = segments[0].paddr
@@ -433,12 +533,18 @@ def load_kernel(path: str | Path, ram_size: int) -> KernelImage:
             region = Region("kernel", load, size)
             _check_below_spin_table(region, ram_size, f"{what} {path}")
             _entry_inside(entry, region, path, what)
-            data = image[offset : offset + size]
+            data = FlatImage(size, [(0, memoryview(image)[offset : offset + size])])
         else:
             region = Region("kernel", P.RAM_BASE, len(image))
             entry = P.RAM_BASE
             _check_below_spin_table(region, ram_size, f"{what} {path}")
-            data = image[:]
+            data = FlatImage(len(image), [(0, memoryview(image))])
+    except BaseException:
+        try:
+            image.close()
+        except BufferError:
+            pass  # a view escaped into the exception; the mapping goes with it
+        raise
     return KernelImage(load_addr=region.start, entry=entry, data=data, path=path)
 
 
@@ -460,7 +566,9 @@ def load_firmware(path: str | Path) -> FirmwareImage:
                         f"outside {rom_region}"
                     )
             _entry_inside(entry, rom_region, path, what)
-            rom = _flatten(image, segments, P.ROM_BASE, P.ROM_SIZE)
+            flat = _flatten(image, segments, P.ROM_BASE, P.ROM_SIZE)
+            rom = bytes(flat)  # the ROM is small and must outlive the file mapping
+            flat.release()
         elif _is_uimage(image):
             raise ConfigError(f"{what} {path} is a uImage; -bios takes an ELF or a raw ROM image")
         else:

@@ -21,10 +21,11 @@ from construct import Bytes, Const, Int8ub, Int32ub, Struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fwcfg import ConfigError
+from fwcfg import BytearrayMemory, ConfigError, DmaAccess, FwCfg, Key
 from machine import platform as P
 from machine.loader import (
     RESET_VECTOR,
+    FlatImage,
     InitrdImage,
     KernelImage,
     load_firmware,
@@ -532,3 +533,57 @@ def test_plan_layout_refuses_overlap_and_oversized_trees() -> None:
         plan_layout(kernel, clash, fdt_size=3000, ram_size=RAM)
     with pytest.raises(ConfigError, match=r"the device tree is 8388609 bytes"):
         plan_layout(fake_kernel(MiB), None, fdt_size=P.DTB_MAX_SIZE + 1, ram_size=RAM)
+
+
+# --- the flat kernel image is served from the file's pages, never built ----------------------
+
+
+def _sample_flat() -> tuple[FlatImage, bytes]:
+    backing = bytes(range(256)) * 64  # stands in for the mapped file
+    view = memoryview(backing)
+    pieces = [(0x10, view[0:0x100]), (0x400, view[0x200:0x800]), (0x1000, view[0x900:0x901])]
+    flat = bytearray(0x1800)
+    for off, v in pieces:
+        flat[off : off + len(v)] = v
+    return FlatImage(0x1800, pieces), bytes(flat)
+
+
+@given(offset=st.integers(0, 0x17FF), length=st.integers(1, 0x1800))
+def test_flat_image_views_match_the_flat_bytes(offset: int, length: int) -> None:
+    image, flat = _sample_flat()
+    length = min(length, len(flat) - offset)
+    assert bytes(image.view(offset, length)) == flat[offset : offset + length]
+    # A DMA asks for at most span() bytes: always inside one piece or one gap.
+    span = image.span(offset)
+    assert 1 <= span <= len(flat) - offset
+    assert bytes(image.view(offset, span)) == flat[offset : offset + span]
+    assert image[offset : offset + length] == flat[offset : offset + length]
+    assert image[offset] == flat[offset]
+
+
+def test_flat_image_runs_end_at_piece_edges_and_direct_boot_writes_gaps_as_zeros() -> None:
+    image, flat = _sample_flat()
+    assert [image.span(o) for o in (0, 0x10, 0x50, 0x110, 0x400, 0xA00, 0x1000, 0x1001)] == [
+        0x10, 0x100, 0xC0, 0x2F0, 0x600, 0x600, 1, 0x7FF]
+    assert isinstance(image.view(0x400, 0x600), memoryview)  # a piece: no copy
+    mem = BytearrayMemory(0x4000)
+    mem.data[:] = b"\xff" * 0x4000
+    image.write_to(mem, 0x1000)
+    assert bytes(mem.data[0x1000:0x2800]) == flat
+    assert image == flat and bytes(image) == flat
+
+
+@pytest.mark.cross
+def test_fw_cfg_dma_of_the_kernel_copies_the_pieces_into_ram(kernel_elf: Path) -> None:
+    kernel = load_kernel(kernel_elf, RAM)
+    assert isinstance(kernel.data, FlatImage)
+    mem = BytearrayMemory(1 << 20)
+    dev = FwCfg(mem)
+    dev.add_item(Key.KERNEL_DATA, kernel.data)
+    desc = 0x8000
+    mem.write(desc, DmaAccess.build(dict(control=(Key.KERNEL_DATA << 16) | 0x0A,
+                                         length=kernel.size, address=0x10000)))
+    dev.dma(desc)
+    assert mem.read(desc, 4) == bytes(4)  # completed, no ERROR
+    assert mem.read(0x10000, kernel.size) == objcopy_binary(kernel_elf) + bytes(
+        kernel.size - len(objcopy_binary(kernel_elf)))
