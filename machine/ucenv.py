@@ -66,6 +66,15 @@ def _readable_ranges() -> list[tuple[int, int]]:
     return out
 
 
+#: (offset of the pointer slot in uc_struct, offset of the state behind that pointer).
+_env_path: tuple[int, int] | None = None
+
+
+def _remember_env_path(k: int, j: int) -> None:
+    global _env_path
+    _env_path = (k, j)  # one reference store: atomic, and _lock may already be held here
+
+
 def _find_env(uc: Uc) -> int:
     """Address of the live ``CPUPPCState`` of ``uc`` (step 1 of the module docstring)."""
     saved = [uc.reg_read(UC_PPC_REG_0 + i) for i in range(32)]
@@ -77,6 +86,15 @@ def _find_env(uc: Uc) -> int:
         uc.reg_write(UC_PPC_REG_0 + i, w)
     pattern = b"".join(struct.pack("=I", w) for w in words)
     try:
+        handle = int(cast(Any, uc)._uch.value)
+        # Fast path: the layout found for the first CPU (which pointer slot of the engine
+        # structure leads to the state, and where the state sits behind it) holds for every
+        # instance of this build.  Checked against the pattern, so a miss only costs the scan.
+        if _env_path is not None:
+            k, j = _env_path
+            p = ctypes.c_uint64.from_address(handle + k).value
+            if p and ctypes.string_at(p + j, len(pattern)) == pattern:
+                return p + j
         ranges = _readable_ranges()
 
         def window(p: int) -> int:
@@ -85,7 +103,6 @@ def _find_env(uc: Uc) -> int:
                     return min(0x40000, hi - p)
             return 0
 
-        handle = int(cast(Any, uc)._uch.value)
         span = window(handle)
         if span < 8:
             raise EngineLayoutError("cannot read the unicorn engine structure")
@@ -97,6 +114,7 @@ def _find_env(uc: Uc) -> int:
                 continue
             j = ctypes.string_at(p, n).find(pattern)
             if j >= 0:
+                _remember_env_path(k, j)
                 return p + j
         raise EngineLayoutError("could not locate the CPU state inside unicorn")
     finally:

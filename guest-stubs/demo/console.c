@@ -17,7 +17,7 @@ static struct {
 	uint32_t reg_shift; /* UART register spacing */
 } con;
 
-static volatile uint32_t console_lock;
+static volatile uint32_t console_lock __attribute__((section(".sync")));  /* see demo.ld */
 
 #define UART_THR 0
 #define UART_LSR 5
@@ -85,19 +85,33 @@ static void uart_write(const char *s, uint32_t len)
 	}
 }
 
+/*
+ * Takes the console lock.  A CPU that finds it taken spins on real hardware and on QEMU; on a
+ * machine with the hypercall console it parks with FW_WAIT_STORE on the lock word until the
+ * owner's unlock store changes it, so waiting CPUs cost the host nothing and cannot starve
+ * the owner of host CPU time.
+ */
 static void lock(void)
 {
-	uint32_t tmp;
+	uint32_t seen;
 
-	__asm__ __volatile__("1:	lwarx	%0, 0, %1\n"
-			     "	cmpwi	%0, 0\n"
-			     "	bne-	1b\n"
-			     "	stwcx.	%2, 0, %1\n"
-			     "	bne-	1b\n"
-			     "	isync\n"
-			     : "=&r"(tmp)
-			     : "r"(&console_lock), "r"(1)
-			     : "cr0", "memory");
+	for (;;) {
+		__asm__ __volatile__("1:	lwarx	%0, 0, %1\n"
+				     "	cmpwi	%0, 0\n"
+				     "	bne-	2f\n"
+				     "	stwcx.	%2, 0, %1\n"
+				     "	bne-	1b\n"
+				     "2:\n"
+				     : "=&r"(seen)
+				     : "r"(&console_lock), "r"(1)
+				     : "cr0", "memory");
+		if (seen == 0) {
+			isync();
+			return;
+		}
+		if (con.kind == CON_BYTE_CHANNEL)
+			hcall3(HC_FW_WAIT_STORE, (uint32_t)(uintptr_t)&console_lock, seen, 0);
+	}
 }
 
 static void unlock(void)

@@ -44,7 +44,7 @@ static struct fdt fdt;
 /* Set by CPU 0 before any release; secondaries read them. */
 static int have_hcalls;
 /* Secondaries that printed their line; CPU 0 parks on this word (FW_WAIT_STORE). */
-static volatile uint32_t cpus_reported;
+static volatile uint32_t cpus_reported __attribute__((section(".sync")));  /* see demo.ld */
 
 /* Whether the tree advertises `sc 1` as the hypercall sequence (padded with nops at most). */
 static int detect_hcalls(void)
