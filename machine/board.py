@@ -10,8 +10,8 @@ on inside one trio nursery:
   awaits a ``trio.Event`` while its worker thread waits for work, or (FW_WAIT_STORE on a page
   every CPU already watches) its worker blocks inside the hypercall hook while the task still
   awaits the slice; docs/DESIGN.md "Parking" says why there are two.
-* one task advances every running CPU's timebase at least every millisecond (unicorn's does not
-  tick) and sleeps when no CPU runs.
+* the run's shared ticker (:mod:`machine.timebase`) advances every running CPU's timebase at
+  least every millisecond (unicorn's does not tick) and sleeps when no CPU runs.
 
 The run ends on FW_POWEROFF (its code is the result), on a guest fault, on the timeout, or when
 the caller cancels; in every case all CPUs are stopped before ``run`` returns.
@@ -68,13 +68,13 @@ from machine.platform import (
     SPIN_ENTRY_SIZE,
     SPIN_HOLD,
     TIMEBASE_HZ,
-    TIMEBASE_TICK_S,
     EvStatus,
     SpinEntry,
     ima_size,
     spin_entry_addr,
     spin_table_base,
 )
+from machine.timebase import Ticker, ticker
 from machine.vcpu import Exit, ExitKind, Fault, VCpu
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ class E500Machine:
         self._stop_event: trio.Event | None = None
         self._reset_requested = False
         self._running_count = 0
-        self._tick_wakeup: trio.Event | None = None
+        self._timebase: Ticker = Ticker()  # replaced by the run's shared ticker in run()
         #: Set by machine.gdbstub while a debugger may attach (debugger support, issue 6).
         self.debug: DebugControl | None = None
 
@@ -199,6 +199,8 @@ class E500Machine:
         self.console.attach(self._token, self._wake_idle_on_input)
         self.events.attach(self._token)
         started = False
+        self._timebase = ticker()
+        self._timebase.add(self)
         try:
             with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
                 while True:
@@ -210,7 +212,6 @@ class E500Machine:
                     async with trio.open_nursery() as nursery:
                         for slot in self._slots:
                             await nursery.start(self._cpu_main, slot)
-                        nursery.start_soon(self._ticker)
                         if not started:
                             started = True
                             task_status.started()
@@ -229,6 +230,7 @@ class E500Machine:
                 self.events.emit(PowerOff(time=self.now(), code=124,
                                           reason=self._stop_result.reason))
         finally:
+            self._timebase.remove(self)
             self.console.flush()
             self.events.flush()
             if not started:
@@ -598,20 +600,27 @@ class E500Machine:
         (CPUs parking inside a slice) call this too, hence the lock."""
         with self._lock:
             self._running_count += delta
-            wake = self._running_count > 0 and self._tick_wakeup is not None
+            wake = self._running_count > 0
         if wake:
             if not from_worker:
-                assert self._tick_wakeup is not None
-                self._tick_wakeup.set()
+                self._timebase.poke()
             elif self._token is not None:
                 try:
-                    self._token.run_sync_soon(self._wake_ticker)
+                    self._token.run_sync_soon(self._timebase.poke)
                 except trio.RunFinishedError:
                     pass
 
-    def _wake_ticker(self) -> None:
-        if self._tick_wakeup is not None and self._running_count > 0:
-            self._tick_wakeup.set()
+    # The shared timebase ticker (machine/timebase.py) calls these on the trio thread.
+
+    def wants_ticks(self) -> bool:
+        return self._running_count > 0
+
+    def tick(self) -> None:
+        """Advance the timebase of every CPU not parked in its trio task."""
+        ticks = self._ticks()
+        for slot in self._slots:
+            if slot.parked is None:
+                slot.cpu.set_timebase(ticks)
 
     def wait_store_in_slice(self, cpu: VCpu, addr: int, expected: int) -> int | None:
         """FW_WAIT_STORE without leaving the slice (worker thread; see VCpu.prepare_wait).
@@ -648,19 +657,6 @@ class E500Machine:
         cpu.set_timebase(self._ticks())
         self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
         return self.ram.read_u32(addr)
-
-    async def _ticker(self) -> None:
-        """Advance the timebase of running CPUs at least every millisecond; sleep otherwise."""
-        while True:
-            if self._running_count == 0:
-                self._tick_wakeup = trio.Event()
-                await self._tick_wakeup.wait()
-                self._tick_wakeup = None
-            ticks = self._ticks()
-            for slot in self._slots:
-                if slot.parked is None:
-                    slot.cpu.set_timebase(ticks)
-            await trio.sleep(TIMEBASE_TICK_S)
 
     def _power_on_reset(self) -> None:
         """FW_RESET: RAM back to zeros, devices to their reset state, CPUs to power-on."""
