@@ -222,7 +222,9 @@ class E500Machine:
                         self._power_on_reset()
                         continue
                     break
-            if scope.cancelled_caught:
+            # The timeout wins unless the machine had already powered off by itself.
+            if scope.cancelled_caught and (self._stop_result is None or self._reset_requested):
+                self._reset_requested = False
                 where = "; ".join(_where(s) for s in self._slots)
                 self._stop_result = RunResult(
                     code=124, reason=f"timeout after {timeout:g} s: {where}"
