@@ -103,6 +103,28 @@ class FrontEnd:
 
         return read
 
+    def _dma_register(self, offset: int, order: ByteOrder) -> Register:
+        """The 8-byte DMA address register: reads give the signature in ``order``; the whole
+        register or its low half written starts the transfer."""
+        return Register(
+            "dma", offset, 8,
+            read=self._signature(order), reads=_aligned_shapes(8),
+            write=self._dma, writes=frozenset({(0, 4), (4, 4), (0, 8)}),
+        )
+
+    def _dma_address(self, value: int, size: int) -> int:
+        """The written value as the big-endian address part it stands for (layout-specific)."""
+        return value
+
+    def _dma(self, rel: int, size: int, value: int) -> tuple[Event, ...]:
+        value = self._dma_address(value, size)
+        if size == 8:
+            return (self.device.dma(value),)
+        if rel == 0:
+            self.device.write_dma_high(value)
+            return ()
+        return (self.device.write_dma_low(value),)
+
 
 def _swap(value: int, size: int) -> int:
     return int.from_bytes(value.to_bytes(size, "little"), "big")
@@ -126,13 +148,7 @@ class MmioWide(FrontEnd):
             Register("selector", self.SELECTOR, 2, write=self._select, writes=frozenset({(0, 2)})),
         ]
         if device.dma_enabled:
-            regs.append(
-                Register(
-                    "dma", self.DMA, 8,
-                    read=self._signature("big"), reads=_aligned_shapes(8),
-                    write=self._dma, writes=frozenset({(0, 4), (4, 4), (0, 8)}),
-                )
-            )
+            regs.append(self._dma_register(self.DMA, "big"))
         super().__init__(device, regs)
 
     def _read_data(self, rel: int, size: int) -> int:
@@ -141,13 +157,6 @@ class MmioWide(FrontEnd):
     def _select(self, rel: int, size: int, value: int) -> tuple[Event, ...]:
         return (self.device.select(value),)
 
-    def _dma(self, rel: int, size: int, value: int) -> tuple[Event, ...]:
-        if size == 8:
-            return (self.device.dma(value),)
-        if rel == 0:
-            self.device.write_dma_high(value)
-            return ()
-        return (self.device.write_dma_low(value),)
 
 
 class IoPort(FrontEnd):
@@ -173,13 +182,7 @@ class IoPort(FrontEnd):
             ),
         ]
         if device.dma_enabled:
-            regs.append(
-                Register(
-                    "dma", self.DMA, 8,
-                    read=self._signature("little"), reads=_aligned_shapes(8),
-                    write=self._dma, writes=frozenset({(0, 4), (4, 4), (0, 8)}),
-                )
-            )
+            regs.append(self._dma_register(self.DMA, "little"))
         super().__init__(device, regs)
 
     def _read_data(self, rel: int, size: int) -> int:
@@ -190,11 +193,6 @@ class IoPort(FrontEnd):
             return (self.device.select(value),)
         return self._ignore(rel, size, value)
 
-    def _dma(self, rel: int, size: int, value: int) -> tuple[Event, ...]:
-        value = _swap(value, size)
-        if size == 8:
-            return (self.device.dma(value),)
-        if rel == 0:
-            self.device.write_dma_high(value)
-            return ()
-        return (self.device.write_dma_low(value),)
+    def _dma_address(self, value: int, size: int) -> int:
+        # An x86 `out` is little-endian; the option ROM writes cpu_to_be32(address).
+        return _swap(value, size)
