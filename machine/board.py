@@ -24,7 +24,7 @@ import mmap
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -429,7 +429,7 @@ class E500Machine:
         fields = SpinEntry.parse(self.ram.read(entry, SPIN_ENTRY_SIZE))
         r3 = fields.r3 & 0xFFFF_FFFF
         target = fields.entry_addr & 0xFFFF_FFFF
-        slot.cpu.set_gprs({3: r3, 4: 0, 5: 0, 6: 0, 7: SECONDARY_IMA_SIZE, 8: 0, 9: 0})
+        _enter_as_secondary(slot.cpu, r3)
         self.events.emit(CpuReleased(time=self.now(), cpu=i, entry=target, r3=r3,
                                      by="spin-table"))
         return target
@@ -482,16 +482,7 @@ class E500Machine:
         """Park until the word at ``word`` differs from ``expected`` (or a release comes)."""
         ev = trio.Event()
         slot.wake = ev
-        token = self._token
-        assert token is not None
-
-        def wake(_value: int) -> None:
-            try:
-                token.run_sync_soon(ev.set)
-            except trio.RunFinishedError:
-                pass
-
-        waiter = self.watch.arm(word, expected, wake)
+        waiter = self.watch.arm(word, expected, lambda _value: self._soon(ev.set))
         try:
             await self._watch_everywhere(word & ~(PAGE_SIZE - 1), slot)
             if self.watch.recheck(waiter) is not None:
@@ -539,7 +530,7 @@ class E500Machine:
         if rel is None:
             return None
         entry, r3 = rel
-        slot.cpu.set_gprs({3: r3, 4: 0, 5: 0, 6: 0, 7: SECONDARY_IMA_SIZE, 8: 0, 9: 0})
+        _enter_as_secondary(slot.cpu, r3)
         self.events.emit(CpuReleased(time=self.now(), cpu=slot.cpu.index, entry=entry, r3=r3,
                                      by="FW_CPU_RELEASE"))
         return entry
@@ -554,12 +545,7 @@ class E500Machine:
                 return EvStatus.INVALID_STATE
             slot.release = (entry & 0xFFFF_FFFF, r3 & 0xFFFF_FFFF)
         slot.cpu.nudge()  # a CPU parked inside its slice leaves it to take the release
-        token = self._token
-        if token is not None:
-            try:
-                token.run_sync_soon(lambda: slot.wake.set())
-            except trio.RunFinishedError:
-                pass
+        self._soon(lambda: slot.wake.set())
         return EvStatus.SUCCESS
 
     def _wake_idle_on_input(self) -> None:
@@ -571,8 +557,15 @@ class E500Machine:
                 if slot.parked is ParkReason.IDLE:
                     slot.wake.set()
 
+        self._soon(wake)
+
+    def _soon(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the trio thread, from any thread; nothing once the trio run is over."""
         if self._token is not None:
-            self._token.run_sync_soon(wake)
+            try:
+                self._token.run_sync_soon(fn)
+            except trio.RunFinishedError:
+                pass
 
     def _fault(self, slot: _Slot, exit_: Exit) -> None:
         f: Fault = exit_.request
@@ -604,13 +597,10 @@ class E500Machine:
             self._running_count += delta
             wake = self._running_count > 0
         if wake:
-            if not from_worker:
+            if from_worker:
+                self._soon(self._timebase.poke)
+            else:
                 self._timebase.poke()
-            elif self._token is not None:
-                try:
-                    self._token.run_sync_soon(self._timebase.poke)
-                except trio.RunFinishedError:
-                    pass
 
     # The shared timebase ticker (machine/timebase.py) calls these on the trio thread.
 
@@ -702,6 +692,12 @@ def _fwcfg_event(e: Any, cpu: int, now: float) -> Event:
         return FwCfgDma(time=now, cpu=cpu, key=e.key, name=e.name, op=str(e.op),
                         offset=e.offset, length=e.length, address=e.address, error=e.error)
     return FwCfgSelect(time=now, cpu=cpu, key=e.key, name=e.name)
+
+
+def _enter_as_secondary(cpu: VCpu, r3: int) -> None:
+    """The ePAPR released-secondary registers: r3 as given, r4..r6 = 0, r7 = the 64 MiB
+    initial mapped area, r8 = r9 = 0 (PLATFORM.md boot flow, step 3)."""
+    cpu.set_gprs({3: r3, 4: 0, 5: 0, 6: 0, 7: SECONDARY_IMA_SIZE, 8: 0, 9: 0})
 
 
 def _where(slot: _Slot) -> str:
