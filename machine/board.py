@@ -595,8 +595,8 @@ class E500Machine:
         (CPUs parking inside a slice) call this too, hence the lock."""
         with self._lock:
             self._running_count += delta
-            wake = self._running_count > 0
-        if wake:
+            wake = delta > 0 and self._running_count == delta  # 0 -> running: the ticker
+        if wake:  # may be asleep; otherwise it is ticking already and needs no call
             if from_worker:
                 self._soon(self._timebase.poke)
             else:
