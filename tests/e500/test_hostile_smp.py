@@ -142,9 +142,17 @@ async def run_flood(cpus: int, total_bytes: int, *, stall: bool = False,
         nonlocal chunks
         per_cpu[cpu].extend(data)
         chunks += 1
-        if stall and chunks == 1:  # stop reading until the channel is full
+        if stall and chunks == 1:
+            # Stop reading until the channel has been full for 50 ms, so the guests surely
+            # try to send into it (a stall that ends the instant it fills can be emptied by
+            # the next delivery before any guest runs: the test was flaky that way).
             deadline = time.monotonic() + 10
-            while m.console.poll()[1] >= RECORD and time.monotonic() < deadline:
+            full_since: float | None = None
+            while time.monotonic() < deadline:
+                if m.console.poll()[1] < RECORD:
+                    full_since = full_since or time.monotonic()
+                    if time.monotonic() - full_since > 0.05:
+                        break
                 time.sleep(0.001)
 
     m.console.add_listener(on_output)
