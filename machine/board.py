@@ -74,11 +74,13 @@ from machine.platform import (
     spin_entry_addr,
     spin_table_base,
 )
+from machine.pollwait import POLL_SLOTS
 from machine.timebase import Ticker, ticker
 from machine.vcpu import Exit, ExitKind, Fault, VCpu
 
 if TYPE_CHECKING:
     from machine.gdb_control import DebugControl  # debugger support (issue 6)
+    from machine.watch import Waiter
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,8 @@ class _Slot:
         #: wakes normally, kept when a stop cancels the wait, so timeouts can say it.
         self.waiting_in: str | None = None
         self.lot = trio.lowlevel.ParkingLot()
+        #: Armed while the CPU polls in FW_WAIT_STORE: reports the waking store as an event.
+        self.poll_waiter: Waiter | None = None
 
 
 @dataclass
@@ -448,7 +452,7 @@ class E500Machine:
             return pc
         assert req.address is not None and req.expected is not None
         woke = await self._wait_word(slot, req.address, req.expected, ParkReason.WAIT_STORE,
-                                     pc=pc, announce=True)
+                                     pc=pc, announce=not req.announced)
         if woke == "release":
             released = self._take_release(slot)
             if released is not None:
@@ -615,15 +619,33 @@ class E500Machine:
                 slot.cpu.set_timebase(ticks)
 
     def wait_store_in_slice(self, cpu: VCpu, addr: int, expected: int) -> int | None:
-        """FW_WAIT_STORE without leaving the slice (worker thread; see VCpu.prepare_wait).
+        """FW_WAIT_STORE without leaving the slice (worker thread): first a poll in the CPU's
+        own engine (machine/pollwait.py), then a wait on the nudge (VCpu.prepare_wait).
 
         Only when stores to the page are already reported from every CPU and nothing is
         latched for this CPU; otherwise None sends it the slow way, through its trio task,
-        which protects the page everywhere first.  No lost wake-up: the waiter is armed
-        before the word is re-read, and both a store and a release set the nudge."""
+        which protects the page everywhere first.  No lost wake-up: the poll reads the word
+        itself; the blocking wait arms its waiter before the word is re-read, and both a store
+        and a release set the nudge.  Starting a poll sets ``cpu.poll_begun``."""
         slot = self._slots[cpu.index]
+        again = cpu.called_from_poll  # the poll ran out, or was woken for a release
+        if again:
+            cpu.end_poll()
+        polled, slot.poll_waiter = slot.poll_waiter, None
+        if polled is not None:  # left by the last poll, which may have ended without a call
+            self.watch.disarm(polled)
+            if again and polled.fired:  # a store changed the word, and then changed it back
+                assert polled.value is not None
+                return polled.value
+            if again and not cpu.poll_woken:
+                POLL_SLOTS.ran_out(time.monotonic_ns() - cpu.poll_started)
         if (addr & ~(PAGE_SIZE - 1)) not in self._pages_everywhere or slot.release is not None:
             return None
+        value = self.ram.read_u32(addr)
+        if value != expected & 0xFFFF_FFFF:
+            return value
+        if not again and (msr := cpu.may_poll()) is not None and POLL_SLOTS.claim(cpu):
+            return self._begin_poll(slot, addr, expected, msr)
         if not cpu.prepare_wait():
             return None
         waiter = self.watch.arm(addr, expected, lambda _value: cpu.nudge())
@@ -632,9 +654,10 @@ class E500Machine:
         if slot.release is not None:
             self.watch.disarm(waiter)
             return None
-        self.events.emit(CpuParked(time=self.now(), cpu=cpu.index,
-                                   reason=ParkReason.WAIT_STORE, pc=cpu.hcall_pc,
-                                   address=addr))
+        if not again:
+            self.events.emit(CpuParked(time=self.now(), cpu=cpu.index,
+                                       reason=ParkReason.WAIT_STORE, pc=cpu.hcall_pc,
+                                       address=addr))
         self._set_running(-1, from_worker=True)
         slot.waiting_in = f"FW_WAIT_STORE on {addr:#x}"
         try:
@@ -649,6 +672,28 @@ class E500Machine:
         cpu.set_timebase(self._ticks())
         self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
         return self.ram.read_u32(addr)
+
+    def _begin_poll(self, slot: _Slot, addr: int, expected: int, msr: int) -> int | None:
+        """Start FW_WAIT_STORE's poll.  The waiter only reports the waking store as CpuWoken
+        (the poll code sees the word change by itself); armed after CpuParked is emitted and
+        re-checked, so the two events pair up however a store interleaves."""
+        cpu = slot.cpu
+        cpu.arm_poll()  # before the release check: a release after it sets the flag again
+        if slot.release is not None:
+            return None  # poll_begun stays False: the release is taken the slow way
+        self.events.emit(CpuParked(time=self.now(), cpu=cpu.index, reason=ParkReason.WAIT_STORE,
+                                   pc=cpu.hcall_pc, address=addr))
+
+        def woken(_value: int) -> None:
+            self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
+
+        waiter = self.watch.arm(addr, expected, woken)
+        value = self.watch.recheck(waiter)
+        if value is not None:
+            return value  # changed since the caller's read (and reported as woken)
+        slot.poll_waiter = waiter
+        cpu.begin_poll(POLL_SLOTS.rounds, msr)
+        return None
 
     def _power_on_reset(self) -> None:
         """FW_RESET: RAM back to zeros, devices to their reset state, CPUs to power-on."""
@@ -723,8 +768,8 @@ class _Host:
     def hypercall(self, cpu: VCpu) -> Exit | None:
         return hypercalls.dispatch(self._svc, cpu, self._m.events.active)
 
-    def stored(self, cpu: VCpu, addr: int, size: int) -> None:
-        self._m.watch.stored(addr, size)
+    def store(self, cpu: VCpu, addr: int, data: bytes) -> None:
+        self._m.watch.store(addr, data)
 
 
 class _Services:

@@ -36,6 +36,8 @@ class Park:
     reason: ParkReason
     address: int | None = None
     expected: int | None = None
+    #: CpuParked was already emitted (when the wait began with a poll, machine/pollwait.py).
+    announced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +138,13 @@ def _wait_store(svc: Services, cpu: VCpu) -> Exit | None:
         _status(cpu, EvStatus.EFAULT if addr % 4 == 0 else EvStatus.EINVAL)
         return None
     value = svc.wait_store_in_slice(cpu, addr, expected)
+    if cpu.poll_begun:
+        return None  # the poll code goes on with the call (machine/pollwait.py)
     if value is not None:
         _status(cpu, EvStatus.SUCCESS, r4=value)
         return None
-    return Exit(ExitKind.PARK, _resume_pc(cpu), Park(ParkReason.WAIT_STORE, addr, expected))
+    return Exit(ExitKind.PARK, _resume_pc(cpu),
+                Park(ParkReason.WAIT_STORE, addr, expected, announced=cpu.called_from_poll))
 
 
 def _poweroff(svc: Services, cpu: VCpu) -> Exit | None:
@@ -188,6 +193,7 @@ def _resume_pc(cpu: VCpu) -> int:
 def dispatch(svc: Services, cpu: VCpu, trace: bool) -> Exit | None:
     """Run the hypercall whose token is in r11 on ``cpu``."""
     token = cpu.gpr(_R11)
+    trace = trace and not cpu.called_from_poll  # the same call again, not a new one
     entry = HANDLERS.get(token)
     if entry is None:
         cpu.set_gpr(3, int(EvStatus.UNIMPLEMENTED))
@@ -201,7 +207,8 @@ def dispatch(svc: Services, cpu: VCpu, trace: bool) -> Exit | None:
     args = tuple(cpu.gpr(3 + i) for i in range(nargs)) if trace else ()
     result = handler(svc, cpu)
     if trace:
-        status = None if result is not None and result.kind is ExitKind.PARK else cpu.gpr(3)
+        pending = cpu.poll_begun or (result is not None and result.kind is ExitKind.PARK)
+        status = None if pending else cpu.gpr(3)
         svc.hypercall_event(
             Hypercall(time=svc.event_time(), cpu=cpu.index, token=token, name=name_of(token),
                       args=args, status=status)

@@ -38,6 +38,11 @@ FWCFG_SIZE: Final = 0x18
 
 PAGE_SIZE: Final = 4 * KiB
 
+#: FW_WAIT_STORE's poll code (one page, the same in every CPU) and each CPU's own poll data
+#: page (machine/pollwait.py).  Reserved: the guest may read them and must not rely on them.
+POLL_CODE_BASE: Final = 0xF100_0000
+POLL_DATA_BASE: Final = 0xF100_1000
+
 #: e500v2 processor version register value as unicorn reports it (informational).
 CPU_COMPATIBLE: Final = "PowerPC,e500v2"
 TIMEBASE_HZ: Final = 400_000_000

@@ -18,8 +18,10 @@ from __future__ import annotations
 import ctypes
 import enum
 import itertools
+import mmap
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -44,6 +46,7 @@ from unicorn import (
     UC_PROT_ALL,
     UC_PROT_EXEC,
     UC_PROT_READ,
+    UC_PROT_WRITE,
     UcError,
 )
 from unicorn.ppc_const import (
@@ -62,6 +65,8 @@ from machine.platform import (
     FWCFG_BASE,
     HCALL_INSN,
     PAGE_SIZE,
+    POLL_CODE_BASE,
+    POLL_DATA_BASE,
     ROM_BASE,
     ROM_SIZE,
     SC_LEV0_INSN,
@@ -69,6 +74,7 @@ from machine.platform import (
     SPR_SRR0,
     SPR_SRR1,
 )
+from machine.pollwait import POLL_PROGRAM, PollData
 from machine.ucenv import EngineLayoutError, SprAccess, new_e500
 
 _RAM_MAP_CHUNK = 16 * 1024 * 1024
@@ -76,6 +82,7 @@ _RAM_MAP_CHUNK = 16 * 1024 * 1024
 _RUN_FOREVER = 0xFFFF_FFFF
 _SPR_IVPR = 63
 _SPR_IVOR8 = 408
+_MSR_PR = 0x0000_4000  # problem (user) state
 _MSR_KEEP_ON_INTERRUPT = 0x0002_1200  # CE | ME | DE survive interrupt entry (Book E)
 _INTNO_SC = 8
 _INTNO_PROGRAM = 6
@@ -123,8 +130,8 @@ class Host(Protocol):
         """Handle ``sc 1``; return an Exit to end the slice, or None to continue."""
         ...
 
-    def stored(self, cpu: VCpu, addr: int, size: int) -> None:
-        """A store into a watched page completed."""
+    def store(self, cpu: VCpu, addr: int, data: bytes) -> None:
+        """Land a store into a watched page (and wake whom it concerns)."""
         ...
 
 
@@ -199,6 +206,17 @@ class VCpu:
                            ram.address + off)
         uc.mem_map_ptr(ROM_BASE, ROM_SIZE, UC_PROT_READ | UC_PROT_EXEC, rom_address)
         uc.mmio_map(FWCFG_BASE, PAGE_SIZE, self._mmio_read, None, self._mmio_write, None)
+        # FW_WAIT_STORE's poll (machine/pollwait.py): the code, and this CPU's data page.
+        uc.mem_map(POLL_CODE_BASE, PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+        uc.mem_write(POLL_CODE_BASE, struct.pack(f">{len(POLL_PROGRAM)}I", *POLL_PROGRAM))
+        self._poll_page = mmap.mmap(-1, PAGE_SIZE)
+        self._poll = PollData.from_buffer(self._poll_page)
+        uc.mem_map_ptr(POLL_DATA_BASE, PAGE_SIZE, UC_PROT_READ | UC_PROT_WRITE,
+                       ctypes.addressof(self._poll))
+        #: When the poll that is under way began (time.monotonic_ns), for fitting its rounds.
+        self.poll_started = 0
+        #: Set by :meth:`begin_poll` for the hypercall that started it (tracing reads it).
+        self.poll_begun = False
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         # Range-limited to everything above RAM (RAM starts at 0, so that is all that can be
         # unmapped): an unlimited UNMAPPED hook sends every store to unicorn's slow path,
@@ -405,7 +423,57 @@ class VCpu:
         self._nudge.wait()
 
     def nudge(self) -> None:
+        """Wake the CPU from a wait inside its slice: a poll (machine/pollwait.py) or a
+        blocked :meth:`wait_nudge` (any thread)."""
+        self._poll.wake = 1
         self._nudge.set()
+
+    # --- polling before parking (machine/pollwait.py) --------------------------------------
+
+    def arm_poll(self) -> None:
+        """Clear the wake flag (before the caller's last look for a release)."""
+        self._poll.wake = 0
+
+    def may_poll(self) -> int | None:
+        """The MSR, if the CPU may run the poll code (it returns with ``rfi``, a supervisor
+        instruction); None in user mode."""
+        msr = int(self.uc.reg_read(UC_PPC_REG_MSR))
+        return None if msr & _MSR_PR else msr
+
+    def begin_poll(self, rounds: int, msr: int) -> None:
+        """From the FW_WAIT_STORE hook: continue in the poll code instead of returning.
+
+        r3 and r4 stay the guest's (word, expected).  r5 and r6 are saved in the data page
+        (the poll code saves CTR and CR itself: reading them through unicorn would give up the
+        GIL, and cost 5-25 us); SRR0/SRR1 get the return address and ``msr``, as ``sc`` sets
+        them."""
+        g, data = self._gprs, self._poll
+        data.r5, data.r6, data.rounds = g[5], g[6], rounds
+        self.sprs.write(SPR_SRR0, self.hcall_pc)
+        self.sprs.write(SPR_SRR1, msr)
+        g[6] = POLL_DATA_BASE
+        self.uc.reg_write(UC_PPC_REG_PC, POLL_CODE_BASE)
+        data.busy = 1
+        self.poll_started = time.monotonic_ns()
+        self.poll_begun = True
+
+    @property
+    def called_from_poll(self) -> bool:
+        """The hypercall being handled is the poll code's own (it ran out, or was woken)."""
+        return POLL_CODE_BASE < self.hcall_pc <= POLL_CODE_BASE + PAGE_SIZE
+
+    @property
+    def poll_woken(self) -> bool:
+        return bool(self._poll.wake)
+
+    @property
+    def polling(self) -> bool:
+        """A poll is under way (readable from any thread: the poll code ends it itself)."""
+        return bool(self._poll.busy)
+
+    def end_poll(self) -> None:
+        """The poll code made its hypercall again: it polls no more."""
+        self._poll.busy = 0
 
     def stop_with(self, exit_: Exit) -> None:
         """From a hook: end the slice with ``exit_``."""
@@ -524,6 +592,7 @@ class VCpu:
         pc = uc.reg_read(UC_PPC_REG_PC)  # the instruction after the one that trapped
         #: Where a hypercall returns to (read by the handlers instead of another reg_read).
         self.hcall_pc = pc
+        self.poll_begun = False
         insn = self._fetch_word(pc - 4)
         if intno == _INTNO_SC and insn == HCALL_INSN:
             result = self.host.hypercall(self)
@@ -576,9 +645,7 @@ class VCpu:
 
     def _on_watched_write(self, uc: Any, access: int, address: int, size: int, value: int,
                           _ud: Any) -> bool:
-        off = address - self.ram.base
-        self.ram.view[off : off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "big")
-        self.host.stored(self, address, size)
+        self.host.store(self, address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "big"))
         return True
 
     def _fetch_word(self, addr: int) -> int:
@@ -588,6 +655,8 @@ class VCpu:
             return int.from_bytes(self.ram.view[off : off + 4], "big")
         if ROM_BASE <= addr <= ROM_BASE + ROM_SIZE - 4:
             return int.from_bytes(ctypes.string_at(self._rom_address + addr - ROM_BASE, 4), "big")
+        if POLL_CODE_BASE <= addr <= POLL_CODE_BASE + 4 * (len(POLL_PROGRAM) - 1):
+            return POLL_PROGRAM[(addr - POLL_CODE_BASE) // 4]
         return 0
 
     # --- registers -------------------------------------------------------------------------

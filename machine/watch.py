@@ -61,39 +61,64 @@ class StoreWatch:
 
     def recheck(self, waiter: Waiter) -> int | None:
         """Fire ``waiter`` now if its word already differs; returns the value if it fired."""
-        self._fire_changed([waiter.address])
+        with self._lock:
+            fired = self._collect([waiter.address])
+        self._wake(fired)
         return waiter.value if waiter.fired else None
 
     def stored(self, address: int, size: int) -> None:
-        """Bytes ``[address, address+size)`` of RAM changed."""
-        if not self._by_word:
-            return
-        end = address + size
-        with self._lock:
-            words = [w for w in self._by_word if w < end and address < w + 4]
-        if words:
-            self._fire_changed(words)
+        """Bytes ``[address, address+size)`` of RAM changed (a host-side write, already
+        done: a waiter armed since then re-reads the new bytes)."""
+        if self._by_word:
+            with self._lock:
+                fired = self._collect(self._words_in(address, address + size))
+            self._wake(fired)
 
-    def _fire_changed(self, words: list[int]) -> None:
-        fired: list[Waiter] = []
+    def store(self, address: int, data: bytes) -> None:
+        """Land a guest store into a watched page, then wake the waiters it concerns.
+
+        The bytes are written under the lock that :meth:`arm` and :meth:`recheck` take, so a
+        waiter armed concurrently either is seen here or re-reads the new bytes: the wake
+        callbacks may give up the GIL (a trio wake-up writes to a socket), and a store made
+        visible outside the lock lost wake-ups that way.  The callbacks run after the write
+        and outside the lock; a CPU polling the word (machine/pollwait.py) sees the store as
+        soon as it is written, and the hook has little left to do before giving up the GIL,
+        for which the polling CPU would otherwise queue (a thread wake-up, 40-60 us on a
+        virtual machine)."""
+        off = address - self._ram.base
         with self._lock:
-            for word in words:
-                lst = self._by_word.get(word)
-                if not lst:
-                    continue
-                value = self._ram.read_u32(word)
-                keep = []
-                for w in lst:
-                    if value != w.expected and not w.fired:
-                        w.fired = True
-                        w.value = value
-                        fired.append(w)
-                    else:
-                        keep.append(w)
-                if keep:
-                    self._by_word[word] = keep
+            self._ram.view[off : off + len(data)] = data
+            fired = self._collect(self._words_in(address, address + len(data))) \
+                if self._by_word else []
+        self._wake(fired)
+
+    def _words_in(self, start: int, end: int) -> list[int]:
+        return [w for w in self._by_word if w < end and start < w + 4]
+
+    def _collect(self, words: list[int]) -> list[Waiter]:
+        """Waiters on ``words`` whose word now differs, marked fired (lock held)."""
+        fired: list[Waiter] = []
+        for word in words:
+            lst = self._by_word.get(word)
+            if not lst:
+                continue
+            value = self._ram.read_u32(word)
+            keep = []
+            for w in lst:
+                if value != w.expected and not w.fired:
+                    w.fired = True
+                    w.value = value
+                    fired.append(w)
                 else:
-                    del self._by_word[word]
+                    keep.append(w)
+            if keep:
+                self._by_word[word] = keep
+            else:
+                del self._by_word[word]
+        return fired
+
+    @staticmethod
+    def _wake(fired: list[Waiter]) -> None:
         for w in fired:
             assert w.value is not None
             w.wake(w.value)
