@@ -674,24 +674,32 @@ class E500Machine:
         return self.ram.read_u32(addr)
 
     def _begin_poll(self, slot: _Slot, addr: int, expected: int, msr: int) -> int | None:
-        """Start FW_WAIT_STORE's poll.  The waiter only reports the waking store as CpuWoken
-        (the poll code sees the word change by itself); armed after CpuParked is emitted and
-        re-checked, so the two events pair up however a store interleaves."""
+        """Start FW_WAIT_STORE's poll (machine/pollwait.py); the word's value if it changed.
+
+        The poll code sees the word change by itself.  The waiter armed here is for what it
+        cannot see: a store that changes the word and another that changes it back before
+        it looks again (it is woken then, and the hypercall returns the first new value, as
+        a parked CPU's would), and to report the waking store as CpuWoken."""
         cpu = slot.cpu
         cpu.arm_poll()  # before the release check: a release after it sets the flag again
         if slot.release is not None:
             return None  # poll_begun stays False: the release is taken the slow way
-        self.events.emit(CpuParked(time=self.now(), cpu=cpu.index, reason=ParkReason.WAIT_STORE,
-                                   pc=cpu.hcall_pc, address=addr))
+        events = self.events
+        if events.active:  # parked from here on: the events pair up however a store lands
+            events.emit(CpuParked(time=self.now(), cpu=cpu.index,
+                                  reason=ParkReason.WAIT_STORE, pc=cpu.hcall_pc, address=addr))
 
         def woken(_value: int) -> None:
-            self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
+            cpu.nudge_poll()
+            if events.active:
+                events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
 
-        waiter = self.watch.arm(addr, expected, woken)
-        value = self.watch.recheck(waiter)
-        if value is not None:
-            return value  # changed since the caller's read (and reported as woken)
-        slot.poll_waiter = waiter
+        got = self.watch.arm_unless_changed(addr, expected, woken)
+        if isinstance(got, int):
+            if events.active:
+                events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
+            return got
+        slot.poll_waiter = got
         cpu.begin_poll(POLL_SLOTS.rounds, msr)
         return None
 

@@ -51,6 +51,20 @@ class StoreWatch:
             self._by_word.setdefault(address, []).append(waiter)
         return waiter
 
+    def arm_unless_changed(self, address: int, expected: int,
+                           wake: Callable[[int], None]) -> Waiter | int:
+        """:meth:`arm` and :meth:`recheck` at once: the word's value if it already differs
+        from ``expected`` (then nothing is armed and ``wake`` is not called), else the
+        armed waiter."""
+        expected &= 0xFFFF_FFFF
+        with self._lock:
+            value = self._ram.read_u32(address)
+            if value != expected:
+                return value
+            waiter = Waiter(address, expected, wake)
+            self._by_word.setdefault(address, []).append(waiter)
+        return waiter
+
     def disarm(self, waiter: Waiter) -> None:
         with self._lock:
             lst = self._by_word.get(waiter.address)
