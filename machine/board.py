@@ -757,7 +757,7 @@ def _where(slot: _Slot) -> str:
     """Where a CPU was when the machine stopped it, for timeout messages."""
     cpu = slot.cpu
     state = f" parked in {slot.waiting_in}" if slot.waiting_in else ""
-    return f"cpu {cpu.index}{state} at pc {cpu.pc:#010x}"
+    return f"cpu {cpu.index}{state} at pc {cpu.guest_pc:#010x}"
 
 
 class _Host:

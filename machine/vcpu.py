@@ -440,7 +440,9 @@ class VCpu:
 
     def may_poll(self) -> int | None:
         """The MSR, if the CPU may run the poll code (it returns with ``rfi``, a supervisor
-        instruction); None in user mode."""
+        instruction); None in user mode, or while a debugger single-steps this CPU."""
+        if self._debug.step:  # a debugger stepping over the call expects the next insn
+            return None
         msr = int(self.uc.reg_read(UC_PPC_REG_MSR))
         return None if msr & _MSR_PR else msr
 
@@ -465,6 +467,14 @@ class VCpu:
     def called_from_poll(self) -> bool:
         """The hypercall being handled is the poll code's own (it ran out, or was woken)."""
         return POLL_CODE_BASE < self.hcall_pc <= POLL_CODE_BASE + PAGE_SIZE
+
+    @property
+    def guest_pc(self) -> int:
+        """:attr:`pc`, or inside FW_WAIT_STORE's poll code the guest's own place: the
+        instruction after its ``sc 1``, where the call returns (for messages)."""
+        if POLL_CODE_BASE <= self.pc < POLL_CODE_BASE + PAGE_SIZE:
+            return self.sprs.read(SPR_SRR0)
+        return self.pc
 
     @property
     def poll_woken(self) -> bool:

@@ -1,0 +1,225 @@
+"""FW_WAIT_STORE's poll (machine/pollwait.py): a parked CPU first polls its word in its own
+engine, then parks.  What the guest must see either way: r3 = EV_SUCCESS, r4 = the new value,
+every other register as it was (SRR0/SRR1 as ``sc`` leaves them), and no lost wake-up."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from machine import board
+from machine.asm import assemble
+from machine.events import CpuParked, CpuReleased, CpuWoken, ParkReason
+from machine.platform import POLL_CODE_BASE
+from machine.pollwait import POLL_PROGRAM, POLL_SOURCE, PollSlots
+
+from .guests import boot
+
+WORD = 0x0FFF_F800  # in the spin-table page (last page of 256 MiB): watched from the start
+FLAG = 0x0FFF_F900  # the round CPU 1 is about to wait in
+RESULTS = 0x0010_0000  # 256 bytes per round, written by CPU 1
+ROUNDS = 12
+
+# CPU 1 waits ROUNDS times on WORD (expected k-1 in round k) with every register set to a
+# pattern, then records what it got back; CPU 0 stores k once CPU 1 says it is about to wait,
+# after a delay of {delay} loop turns.
+GUEST = """
+_start:
+    cmpwi 3, 0
+    bne cpu1
+    li32 21, {word}
+    li32 22, {flag}
+    li 20, 0
+next:
+    addi 20, 20, 1
+1:  lwz 4, 0(22)
+    cmpw 4, 20
+    bne 1b
+    li32 9, {delay}
+    mtctr 9
+2:  bdnz 2b
+    {release}
+    cmpwi 20, {rounds}
+    blt next
+3:  hcall HC_EV_IDLE
+    b 3b
+cpu1:
+    {mode}
+    li32 21, {word}
+    li32 22, {flag}
+    li 20, 0
+round:
+    addi 20, 20, 1
+    slwi 23, 20, 8
+    addis 23, 23, {results_hi}
+    li 9, 0
+    {clear_srr0}
+    li32 0, 0x00000A00
+    li32 2, 0x02020202
+    li32 5, 0x05050505
+    li32 6, 0x06060606
+    li32 7, 0x07070707
+    li32 8, 0x08080808
+    li32 9, 0xC0FFEE00
+    mtctr 9
+    li32 9, 0x1A2B3C4D
+    mtlr 9
+    li32 9, 0x12345678
+    mtcrf 0xff, 9
+    li32 9, 0x09090909
+    li32 10, 0x10101010
+    li32 12, 0x12121212
+    li32 31, 0x31313131
+    stw 20, 0(22)            /* about to wait in round r20 */
+    mr 3, 21
+    addi 4, 20, -1
+    hcall HC_FW_WAIT_STORE
+after:
+    mfcr 11
+    stw 11, 0(23)
+    mfctr 11
+    stw 11, 4(23)
+    mflr 11
+    stw 11, 8(23)
+    {read_srr0}
+    stw 11, 12(23)
+    stw 3, 16(23)
+    stw 4, 20(23)
+    stw 0, 24(23)
+    stw 2, 28(23)
+    stmw 5, 32(23)
+    cmpwi 20, {rounds}
+    blt round
+    li 3, 0
+    hcall HC_FW_POWEROFF
+"""
+STORE = "stw 20, 0(21)"
+SUPERVISOR = "nop"
+
+
+def guest(delay: int, *, release: str = STORE, mode: str = SUPERVISOR,
+          clear_srr0: str = "mtsrr0 9", read_srr0: str = "mfsrr0 11",
+          rounds: int = ROUNDS) -> str:
+    return GUEST.format(word=WORD, flag=FLAG, delay=delay, release=release, mode=mode,
+                        clear_srr0=clear_srr0, read_srr0=read_srr0, rounds=rounds,
+                        results_hi=RESULTS >> 16)
+
+
+def symbol(elf: Path, name: str) -> int:
+    with elf.open("rb") as f:
+        table = ELFFile(f).get_section_by_name(".symtab")
+        sym = table.get_symbol_by_name(name)[0]  # type: ignore[union-attr]
+        return int(sym["st_value"])
+
+
+@pytest.fixture
+def slots(monkeypatch: pytest.MonkeyPatch) -> PollSlots:
+    """One poll slot, whatever the host's cores, with rounds set by the test."""
+    fresh = PollSlots(1)
+    monkeypatch.setattr(board, "POLL_SLOTS", fresh)
+    return fresh
+
+
+def check_rounds(b: object, after: int, rounds: int = ROUNDS) -> None:
+    ram = b.machine.ram  # type: ignore[attr-defined]
+    for k in range(1, rounds + 1):
+        base = RESULTS + 256 * k
+        cr, ctr, lr, srr0, r3, r4, r0, r2 = struct.unpack(">8I", ram.read(base, 32))
+        r5_31 = struct.unpack(">27I", ram.read(base + 32, 27 * 4))
+        gpr = dict(zip(range(5, 32), r5_31, strict=True))
+        assert (r3, r4) == (0, k), f"round {k}"
+        assert (cr, ctr, lr) == (0x12345678, 0xC0FFEE00, 0x1A2B3C4D), f"round {k}"
+        assert (r0, r2) == (0x0A00, 0x02020202), f"round {k}"
+        assert gpr[5] == 0x05050505 and gpr[6] == 0x06060606, f"round {k}"
+        assert [gpr[7], gpr[8], gpr[9], gpr[10], gpr[12], gpr[31]] == [
+            0x07070707, 0x08080808, 0x09090909, 0x10101010, 0x12121212, 0x31313131]
+        assert gpr[20] == k
+        assert srr0 == after, f"round {k}: SRR0 {srr0:#x}, the call returns to {after:#x}"
+
+
+def test_the_poll_program_is_what_its_source_assembles_to() -> None:
+    elf = assemble(POLL_SOURCE, base=POLL_CODE_BASE)
+    with elf.open("rb") as f:
+        text = ELFFile(f).get_section_by_name(".text").data()  # type: ignore[union-attr]
+    assert struct.unpack(f">{len(text) // 4}I", text) == POLL_PROGRAM
+
+
+async def test_a_store_during_the_poll_returns_with_every_other_register_intact(
+        slots: PollSlots) -> None:
+    slots.rounds = 10_000_000  # a poll of most of a second: the store surely lands in it
+    src = guest(delay=1 << 20)  # about a millisecond: CPU 1 is surely polling by then
+    b = await boot(src, smp=2, timeout=30)
+    assert b.result.code == 0, b.result.reason
+    # SRR0 = the return address proves the call went through the poll code: the machine
+    # sets it only there (the guest cleared it before each call).
+    check_rounds(b, symbol(assemble(src), "after"))
+    # Each wait is one park and one wake-up by a store, as for a CPU that blocked.
+    mine = [e for e in b.events if isinstance(e, (CpuParked, CpuWoken)) and e.cpu == 1]
+    waits = [e for e in mine if isinstance(e, CpuParked) and e.reason is ParkReason.WAIT_STORE
+             and e.address == WORD]
+    woken = [e for e in mine if isinstance(e, CpuWoken) and e.by == "store"]
+    assert len(waits) >= ROUNDS - 1 and len(woken) == len(waits)
+
+
+async def test_a_poll_that_runs_out_parks_and_still_returns_everything_intact(
+        slots: PollSlots) -> None:
+    slots.rounds = 1_000  # some microseconds; the store comes milliseconds later
+    src = guest(delay=1 << 22)
+    b = await boot(src, smp=2, timeout=60)
+    assert b.result.code == 0, b.result.reason
+    check_rounds(b, symbol(assemble(src), "after"))
+    woken = [e for e in b.events if isinstance(e, CpuWoken) and e.cpu == 1 and e.by == "store"]
+    assert len(woken) >= ROUNDS - 1
+    assert slots.rounds > 1_000  # the polls ran out (and their rounds were re-fitted)
+
+
+async def test_a_release_reaches_a_polling_cpu(slots: PollSlots) -> None:
+    slots.rounds = 10_000_000
+    # CPU 0 releases CPU 1 to `entry` instead of storing; CPU 1 powers off with its r3.
+    release = """
+    li 3, 1
+    li32 4, entry
+    li 5, 0x77
+    hcall HC_FW_CPU_RELEASE
+    b 3f
+entry:
+    hcall HC_FW_POWEROFF
+"""
+    b = await boot(guest(delay=2000, release=release, rounds=1), smp=2, timeout=30)
+    assert b.result.code == 0x77, b.result.reason
+    assert [e.cpu for e in b.of(CpuReleased)] == [1]
+    assert [e.address for e in b.of(CpuParked) if e.cpu == 1] == [WORD]
+
+
+async def test_a_caller_in_user_mode_is_not_polled_but_still_woken(slots: PollSlots) -> None:
+    # The poll code returns with rfi, a supervisor instruction: a user-mode caller blocks
+    # instead (SRR0 is out of its reach, so it records 0 there).
+    user = "mfmsr 9\n    ori 9, 9, 0x4000\n    mtmsr 9"
+    slots.rounds = 10_000_000
+    src = guest(delay=1 << 20, mode=user, clear_srr0="nop", read_srr0="li 11, 0")
+    b = await boot(src, smp=2, timeout=30)
+    assert b.result.code == 0, b.result.reason
+    check_rounds(b, after=0)
+
+
+async def test_a_timeout_names_the_guests_own_pc_not_the_poll_code(slots: PollSlots) -> None:
+    slots.rounds = 10_000_000
+    src = f"""
+_start:
+    cmpwi 3, 0
+    bne 1f
+    hcall HC_EV_IDLE
+    b _start
+1:  li32 3, {WORD}
+    li 4, 0
+    hcall HC_FW_WAIT_STORE
+after:
+    b after
+"""
+    b = await boot(src, smp=2, timeout=1)
+    assert b.result.code == 124
+    assert f"at pc {symbol(assemble(src), 'after'):#010x}" in b.result.reason
+    assert f"{POLL_CODE_BASE >> 16:#x}" not in b.result.reason
