@@ -31,6 +31,7 @@ from unicorn import UC_ARCH_PPC, UC_MODE_BIG_ENDIAN, UC_MODE_PPC32, UC_TLB_VIRTU
 from unicorn.ppc_const import (
     UC_CPU_PPC32_E500V2_V22,
     UC_PPC_REG_0,
+    UC_PPC_REG_MSR,
     UC_PPC_REG_PC,
 )
 
@@ -167,6 +168,33 @@ def spr_offset() -> int:
         return _spr_offset
 
 
+_field_offsets: dict[int, int] = {}
+
+
+def _discover_field_offset(reg: int) -> int:
+    """Offset inside ``CPUPPCState`` of the 32-bit field unicorn register ``reg`` lives in:
+    the one place that follows three different values written with ``reg_write``."""
+    uc = new_e500()
+    env = _find_env(uc)
+    found: set[int] | None = None
+    for value in (0x0002_1200, 0x0000_1000, 0x0002_9000):  # MSR-legal, and unlikely elsewhere
+        uc.reg_write(reg, value)
+        blob = ctypes.string_at(env, 0x4000)
+        here = {i for i in range(0, len(blob), 4)
+                if blob[i : i + 4] == struct.pack("=I", value)}
+        found = here if found is None else found & here
+    if not found or len(found) != 1:
+        raise EngineLayoutError(f"could not locate register {reg} inside unicorn's CPU state")
+    return found.pop()
+
+
+def field_offset(reg: int) -> int:
+    with _lock:
+        if reg not in _field_offsets:
+            _field_offsets[reg] = _discover_field_offset(reg)
+        return _field_offsets[reg]
+
+
 class SprAccess:
     """Read/write the live SPRs of one unicorn CPU; verified at construction (step 3)."""
 
@@ -176,6 +204,10 @@ class SprAccess:
         self._base = self.env + spr_offset()
         self.spr: Any = (ctypes.c_uint32 * _SPR_COUNT).from_address(self._base)
         self._tb = ctypes.c_uint64.from_address(self._base + SPR_TBL_READ * 4)
+        #: The MSR and the PC (``nip``), read and written without a call into the engine, which
+        #: would give up the GIL.  Writing ``nip`` redirects the CPU only from its own hooks.
+        self.msr = ctypes.c_uint32.from_address(self.env + field_offset(UC_PPC_REG_MSR))
+        self.nip = ctypes.c_uint32.from_address(self.env + field_offset(UC_PPC_REG_PC))
         self._verify()
 
     def _verify(self) -> None:
@@ -203,6 +235,14 @@ class SprAccess:
         finally:
             uc.mem_unmap(scratch, 0x1000)
             self.spr[SPR_PIR] = old
+        checks = (("MSR", self.msr, UC_PPC_REG_MSR), ("PC", self.nip, UC_PPC_REG_PC))
+        for name, field, reg in checks:
+            engine = uc.reg_read(reg)
+            if field.value != engine:
+                raise EngineLayoutError(
+                    f"{name} access check failed (state holds {field.value:#x}, the engine "
+                    f"reports {engine:#x}); this unicorn build is not the one fwcfg-e500 "
+                    "supports (unicorn==2.1.4)")
         if seen != probe:
             raise EngineLayoutError(
                 f"SPR access check failed (guest read PIR {seen:#x}, expected {probe:#x}); "

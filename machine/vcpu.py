@@ -443,7 +443,7 @@ class VCpu:
         instruction); None in user mode, or while a debugger single-steps this CPU."""
         if self._debug.step:  # a debugger stepping over the call expects the next insn
             return None
-        msr = int(self.uc.reg_read(UC_PPC_REG_MSR))
+        msr = int(self.sprs.msr.value)
         return None if msr & _MSR_PR else msr
 
     def begin_poll(self, rounds: int, msr: int) -> None:
@@ -458,7 +458,7 @@ class VCpu:
         self.sprs.write(SPR_SRR0, self.hcall_pc)
         self.sprs.write(SPR_SRR1, msr)
         g[6] = POLL_DATA_BASE
-        self.uc.reg_write(UC_PPC_REG_PC, POLL_CODE_BASE)
+        self.sprs.nip.value = POLL_CODE_BASE
         data.busy = 1
         self.poll_started = time.monotonic_ns()
         self.poll_begun = True
@@ -603,7 +603,7 @@ class VCpu:
         self.host.mmio_write(self, offset, size, value)
 
     def _on_interrupt(self, uc: Any, intno: int, _ud: Any) -> None:
-        pc = uc.reg_read(UC_PPC_REG_PC)  # the instruction after the one that trapped
+        pc = int(self.sprs.nip.value)  # the instruction after the one that trapped
         #: Where a hypercall returns to (read by the handlers instead of another reg_read).
         self.hcall_pc = pc
         self.poll_begun = False
