@@ -420,7 +420,7 @@ class E500Machine:
         word = entry + SPIN_ENTRY_ADDR_LO
         first = True
         while True:
-            value = self.ram.read_u32(word)
+            value = self.watch.read_u32(word)
             if not value & SPIN_HOLD:
                 break
             woke = await self._wait_word(slot, word, value, ParkReason.SPIN_TABLE,
@@ -457,7 +457,7 @@ class E500Machine:
             released = self._take_release(slot)
             if released is not None:
                 return released
-        slot.cpu.set_gprs({3: int(EvStatus.SUCCESS), 4: self.ram.read_u32(req.address)})
+        slot.cpu.set_gprs({3: int(EvStatus.SUCCESS), 4: self.watch.read_u32(req.address)})
         return pc
 
     async def _wait_event(self, slot: _Slot, reason: ParkReason, pc: int) -> str:
@@ -649,8 +649,8 @@ class E500Machine:
         if not cpu.prepare_wait():
             return None
         waiter = self.watch.arm(addr, expected, lambda _value: cpu.nudge())
-        if self.watch.recheck(waiter) is not None:
-            return self.ram.read_u32(addr)
+        if (rechecked := self.watch.recheck(waiter)) is not None:
+            return rechecked
         if slot.release is not None:
             self.watch.disarm(waiter)
             return None
@@ -667,19 +667,22 @@ class E500Machine:
             self.watch.disarm(waiter)
         if not waiter.fired:
             return None  # kicked or released: the trio task parks it properly
+        assert waiter.value is not None
         slot.waiting_in = None
         cpu.apply_forgotten_code()  # a DMA may have replaced code while it slept in its slice
         cpu.set_timebase(self._ticks())
         self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
-        return self.ram.read_u32(addr)
+        return waiter.value
 
     def _begin_poll(self, slot: _Slot, addr: int, expected: int, msr: int) -> int | None:
         """Start FW_WAIT_STORE's poll (machine/pollwait.py); the word's value if it changed.
 
-        The poll code sees the word change by itself.  The waiter armed here is for what it
-        cannot see: a store that changes the word and another that changes it back before
-        it looks again (it is woken then, and the hypercall returns the first new value, as
-        a parked CPU's would), and to report the waking store as CpuWoken."""
+        The poll code sees the word change by itself.  The waiter armed here reports the
+        waking store as CpuWoken, and catches what the poll cannot see: a store that changes
+        the word and another that changes it back before it looks again.  Then, when the poll
+        runs out, the hypercall returns the value of the first store, as a parked CPU's
+        would.  (Waking the poll for that would be quicker in that rare case, but the wake flag
+        would be seen before the store itself, which lands last: see StoreWatch.store.)"""
         cpu = slot.cpu
         cpu.arm_poll()  # before the release check: a release after it sets the flag again
         if slot.release is not None:
@@ -690,7 +693,6 @@ class E500Machine:
                                   reason=ParkReason.WAIT_STORE, pc=cpu.hcall_pc, address=addr))
 
         def woken(_value: int) -> None:
-            cpu.nudge_poll()
             if events.active:
                 events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
 

@@ -430,10 +430,6 @@ class VCpu:
 
     # --- polling before parking (machine/pollwait.py) --------------------------------------
 
-    def nudge_poll(self) -> None:
-        """Make the poll under way call the host again (any thread; no system call)."""
-        self._poll.wake = 1
-
     def arm_poll(self) -> None:
         """Clear the wake flag (before the caller's last look for a release)."""
         self._poll.wake = 0

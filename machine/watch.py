@@ -89,34 +89,42 @@ class StoreWatch:
             self._wake(fired)
 
     def store(self, address: int, data: bytes) -> None:
-        """Land a guest store into a watched page, then wake the waiters it concerns.
+        """Land a guest store into a watched page, and wake the waiters it concerns.
 
-        The bytes are written under the lock that :meth:`arm` and :meth:`recheck` take, so a
-        waiter armed concurrently either is seen here or re-reads the new bytes: the wake
-        callbacks may give up the GIL (a trio wake-up writes to a socket), and a store made
-        visible outside the lock lost wake-ups that way.  The callbacks run after the write
-        and outside the lock; a CPU polling the word (machine/pollwait.py) sees the store as
-        soon as it is written, and the hook has little left to do before giving up the GIL,
-        for which the polling CPU would otherwise queue (a thread wake-up, 40-60 us on a
-        virtual machine)."""
+        All of it happens under the lock that :meth:`arm` and :meth:`recheck` take, so a waiter
+        armed concurrently either is seen here or re-reads the new bytes.  (The wake callbacks
+        may give up the GIL: a trio wake-up writes to a socket.  A store made visible outside
+        the lock lost wake-ups that way.)  The bytes land last: a CPU polling the word
+        (machine/pollwait.py) continues the moment it sees them, and when the hook then gives
+        up the GIL at once, that CPU's next hypercall does not queue for the GIL behind it (a
+        thread wake-up, 40-150 us on a virtual machine).  So a woken waiter takes the new
+        value from :attr:`Waiter.value`, or reads RAM through :meth:`read_u32`."""
         off = address - self._ram.base
         with self._lock:
+            if self._by_word:
+                fired = self._collect(self._words_in(address, address + len(data)),
+                                      (address, data))
+                self._wake(fired)
             self._ram.view[off : off + len(data)] = data
-            fired = self._collect(self._words_in(address, address + len(data))) \
-                if self._by_word else []
-        self._wake(fired)
+
+    def read_u32(self, address: int) -> int:
+        """A word of RAM, with any guest store under way landed."""
+        with self._lock:
+            return self._ram.read_u32(address)
 
     def _words_in(self, start: int, end: int) -> list[int]:
         return [w for w in self._by_word if w < end and start < w + 4]
 
-    def _collect(self, words: list[int]) -> list[Waiter]:
-        """Waiters on ``words`` whose word now differs, marked fired (lock held)."""
+    def _collect(self, words: list[int],
+                 pending: tuple[int, bytes] | None = None) -> list[Waiter]:
+        """Waiters on ``words`` whose word now differs, marked fired (lock held).  With
+        ``pending``, as if that store (address, bytes) had landed."""
         fired: list[Waiter] = []
         for word in words:
             lst = self._by_word.get(word)
             if not lst:
                 continue
-            value = self._ram.read_u32(word)
+            value = self._value(word, pending)
             keep = []
             for w in lst:
                 if value != w.expected and not w.fired:
@@ -130,6 +138,15 @@ class StoreWatch:
             else:
                 del self._by_word[word]
         return fired
+
+    def _value(self, word: int, pending: tuple[int, bytes] | None) -> int:
+        if pending is None:
+            return self._ram.read_u32(word)
+        address, data = pending
+        now = bytearray(self._ram.read(word, 4))
+        lo, hi = max(word, address), min(word + 4, address + len(data))
+        now[lo - word : hi - word] = data[lo - address : hi - address]
+        return int.from_bytes(now, "big")
 
     @staticmethod
     def _wake(fired: list[Waiter]) -> None:

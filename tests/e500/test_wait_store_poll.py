@@ -75,7 +75,7 @@ round:
     li32 31, 0x31313131
     stw 20, 0(22)            /* about to wait in round r20 */
     mr 3, 21
-    addi 4, 20, -1
+    {expected}
     hcall HC_FW_WAIT_STORE
 after:
     mfcr 11
@@ -102,10 +102,10 @@ SUPERVISOR = "nop"
 
 def guest(delay: int, *, release: str = STORE, mode: str = SUPERVISOR,
           clear_srr0: str = "mtsrr0 9", read_srr0: str = "mfsrr0 11",
-          rounds: int = ROUNDS) -> str:
+          expected: str = "addi 4, 20, -1", rounds: int = ROUNDS) -> str:
     return GUEST.format(word=WORD, flag=FLAG, delay=delay, release=release, mode=mode,
-                        clear_srr0=clear_srr0, read_srr0=read_srr0, rounds=rounds,
-                        results_hi=RESULTS >> 16)
+                        clear_srr0=clear_srr0, read_srr0=read_srr0, expected=expected,
+                        rounds=rounds, results_hi=RESULTS >> 16)
 
 
 def symbol(elf: Path, name: str) -> int:
@@ -223,3 +223,18 @@ after:
     assert b.result.code == 124
     assert f"at pc {symbol(assemble(src), 'after'):#010x}" in b.result.reason
     assert f"{POLL_CODE_BASE >> 16:#x}" not in b.result.reason
+
+
+async def test_a_store_undone_at_once_still_ends_the_wait_with_its_value(
+        slots: PollSlots) -> None:
+    # CPU 1 waits for the word to leave 0; CPU 0 stores k + 100 and then 0 again.  The poll
+    # may never see k + 100; the wait must end all the same, with r4 = k + 100 (the value the
+    # waking store left), as it would for a CPU that blocked.
+    slots.rounds = 200_000  # a few milliseconds: the missed case ends when the poll runs out
+    aba = "addi 9, 20, 100\n    stw 9, 0(21)\n    li 9, 0\n    stw 9, 0(21)"
+    src = guest(delay=1 << 20, release=aba, expected="li 4, 0", rounds=4)
+    b = await boot(src, smp=2, timeout=30)
+    assert b.result.code == 0, b.result.reason
+    for k in range(1, 5):
+        r3, r4 = struct.unpack(">II", b.machine.ram.read(RESULTS + 256 * k + 16, 8))
+        assert (r3, r4) == (0, k + 100), f"round {k}"
