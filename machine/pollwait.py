@@ -30,6 +30,7 @@ import ctypes
 import os
 import threading
 import time
+import weakref
 from typing import Final, Protocol
 
 #: How long one FW_WAIT_STORE polls before it parks.  Long enough to cover a store that comes
@@ -124,7 +125,8 @@ class PollSlots:
         if count is None:
             count = len(os.sched_getaffinity(0)) - 1
         count = max(0, count)
-        self._owner: list[Poller | None] = [None] * count
+        # Weak: a slot must not keep a closed machine's CPU (and so its RAM) alive.
+        self._owner: list[weakref.ref[Poller] | None] = [None] * count
         self._until = [0] * count
         self._lock = threading.Lock()
         #: Rounds of the poll loop that fill :data:`POLL_BUDGET_NS`; re-fitted by :meth:`ran_out`.
@@ -133,9 +135,10 @@ class PollSlots:
     def claim(self, owner: Poller) -> bool:
         now = time.monotonic_ns()
         with self._lock:
-            for i, who in enumerate(self._owner):
+            for i, ref in enumerate(self._owner):
+                who = ref() if ref is not None else None
                 if who is None or who is owner or not who.polling or self._until[i] <= now:
-                    self._owner[i] = owner
+                    self._owner[i] = weakref.ref(owner)
                     self._until[i] = now + POLL_BUDGET_NS
                     return True
             return False
