@@ -688,19 +688,31 @@ class E500Machine:
         if slot.release is not None:
             return None  # poll_begun stays False: the release is taken the slow way
         events = self.events
-        if events.active:  # parked from here on: the events pair up however a store lands
-            events.emit(CpuParked(time=self.now(), cpu=cpu.index,
-                                  reason=ParkReason.WAIT_STORE, pc=cpu.hcall_pc, address=addr))
+        # CpuParked only once the waiter is armed: from then on no store is missed (a host
+        # acting on the event must not be able to store before the wait has begun).  A store
+        # between the arming and the event is reported after the event, as its wake-up.
+        order = threading.Lock()
+        announced = woken_early = False
 
         def woken(_value: int) -> None:
-            if events.active:
-                events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
+            nonlocal woken_early
+            with order:
+                if not announced:
+                    woken_early = True
+                elif events.active:
+                    events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
 
         got = self.watch.arm_unless_changed(addr, expected, woken)
         if isinstance(got, int):
+            return got  # it never waited: no events
+        with order:
+            announced = True
             if events.active:
-                events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
-            return got
+                events.emit(CpuParked(time=self.now(), cpu=cpu.index,
+                                      reason=ParkReason.WAIT_STORE, pc=cpu.hcall_pc,
+                                      address=addr))
+                if woken_early:
+                    events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
         slot.poll_waiter = got
         cpu.begin_poll(POLL_SLOTS.rounds, msr)
         return None
@@ -758,7 +770,12 @@ def _enter_as_secondary(cpu: VCpu, r3: int) -> None:
 def _where(slot: _Slot) -> str:
     """Where a CPU was when the machine stopped it, for timeout messages."""
     cpu = slot.cpu
-    state = f" parked in {slot.waiting_in}" if slot.waiting_in else ""
+    if slot.waiting_in:
+        state = f" parked in {slot.waiting_in}"
+    elif cpu.in_poll_code:
+        state = " polling in FW_WAIT_STORE"
+    else:
+        state = ""
     return f"cpu {cpu.index}{state} at pc {cpu.guest_pc:#010x}"
 
 

@@ -465,12 +465,15 @@ class VCpu:
         return POLL_CODE_BASE < self.hcall_pc <= POLL_CODE_BASE + PAGE_SIZE
 
     @property
+    def in_poll_code(self) -> bool:
+        """The slice ended inside FW_WAIT_STORE's poll code (or a park taken from it)."""
+        return POLL_CODE_BASE <= self.pc < POLL_CODE_BASE + PAGE_SIZE
+
+    @property
     def guest_pc(self) -> int:
         """:attr:`pc`, or inside FW_WAIT_STORE's poll code the guest's own place: the
         instruction after its ``sc 1``, where the call returns (for messages)."""
-        if POLL_CODE_BASE <= self.pc < POLL_CODE_BASE + PAGE_SIZE:
-            return self.sprs.read(SPR_SRR0)
-        return self.pc
+        return self.sprs.read(SPR_SRR0) if self.in_poll_code else self.pc
 
     @property
     def poll_woken(self) -> bool:

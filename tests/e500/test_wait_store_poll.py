@@ -20,18 +20,19 @@ from .guests import boot
 
 WORD = 0x0FFF_F800  # in the spin-table page (last page of 256 MiB): watched from the start
 FLAG = 0x0FFF_F900  # the round CPU 1 is about to wait in
+GO = 0x0FFF_FA00  # the round CPU 0 may store in, when the test's host side says so
 RESULTS = 0x0010_0000  # 256 bytes per round, written by CPU 1
 ROUNDS = 12
 
 # CPU 1 waits ROUNDS times on WORD (expected k-1 in round k) with every register set to a
-# pattern, then records what it got back; CPU 0 stores k once CPU 1 says it is about to wait,
-# after a delay of {delay} loop turns.
+# pattern, then records what it got back; CPU 0 stores k once CPU 1 says it is about to wait
+# (FLAG = k; or once the test's host side sets GO = k), after a delay of {delay} loop turns.
 GUEST = """
 _start:
     cmpwi 3, 0
     bne cpu1
     li32 21, {word}
-    li32 22, {flag}
+    li32 22, {go}
     li 20, 0
 next:
     addi 20, 20, 1
@@ -102,8 +103,8 @@ SUPERVISOR = "nop"
 
 def guest(delay: int, *, release: str = STORE, mode: str = SUPERVISOR,
           clear_srr0: str = "mtsrr0 9", read_srr0: str = "mfsrr0 11",
-          expected: str = "addi 4, 20, -1", rounds: int = ROUNDS) -> str:
-    return GUEST.format(word=WORD, flag=FLAG, delay=delay, release=release, mode=mode,
+          expected: str = "addi 4, 20, -1", go: int = FLAG, rounds: int = ROUNDS) -> str:
+    return GUEST.format(word=WORD, flag=FLAG, go=go, delay=delay, release=release, mode=mode,
                         clear_srr0=clear_srr0, read_srr0=read_srr0, expected=expected,
                         rounds=rounds, results_hi=RESULTS >> 16)
 
@@ -205,8 +206,13 @@ async def test_a_caller_in_user_mode_is_not_polled_but_still_woken(slots: PollSl
     check_rounds(b, after=0)
 
 
-async def test_a_timeout_names_the_guests_own_pc_not_the_poll_code(slots: PollSlots) -> None:
-    slots.rounds = 10_000_000
+@pytest.mark.parametrize(("rounds", "state"), [
+    (10_000_000, f"parked in FW_WAIT_STORE on {WORD:#x}"),  # the poll ran out in ~0.3 s
+    (1_000_000_000, "polling in FW_WAIT_STORE"),  # still polling when the time is up
+])
+async def test_a_timeout_names_the_guests_own_pc_not_the_poll_code(
+        slots: PollSlots, rounds: int, state: str) -> None:
+    slots.rounds = rounds
     src = f"""
 _start:
     cmpwi 3, 0
@@ -221,19 +227,29 @@ after:
 """
     b = await boot(src, smp=2, timeout=1)
     assert b.result.code == 124
-    assert f"at pc {symbol(assemble(src), 'after'):#010x}" in b.result.reason
+    assert f"cpu 1 {state} at pc {symbol(assemble(src), 'after'):#010x}" in b.result.reason
     assert f"{POLL_CODE_BASE >> 16:#x}" not in b.result.reason
 
 
 async def test_a_store_undone_at_once_still_ends_the_wait_with_its_value(
         slots: PollSlots) -> None:
-    # CPU 1 waits for the word to leave 0; CPU 0 stores k + 100 and then 0 again.  The poll
-    # may never see k + 100; the wait must end all the same, with r4 = k + 100 (the value the
-    # waking store left), as it would for a CPU that blocked.
+    # CPU 1 waits for the word to leave 0; CPU 0 stores k + 100 and then 0 again, once the
+    # host has seen CPU 1 wait (a store undone before the wait began is rightly not seen).
+    # The poll may never see k + 100; the wait must end all the same, with r4 = k + 100 (the
+    # value the waking store left), as it would for a CPU that blocked.
     slots.rounds = 200_000  # a few milliseconds: the missed case ends when the poll runs out
     aba = "addi 9, 20, 100\n    stw 9, 0(21)\n    li 9, 0\n    stw 9, 0(21)"
-    src = guest(delay=1 << 20, release=aba, expected="li 4, 0", rounds=4)
-    b = await boot(src, smp=2, timeout=30)
+    # (CPU 1 starts each wait once the word is 0 again; it may be woken before the undo.)
+    back_to_0 = "9: lwz 4, 0(21)\n    cmpwi 4, 0\n    bne 9b"
+    src = guest(delay=1, release=aba, expected=back_to_0, go=GO, rounds=4)
+
+    async def go_when_cpu1_waits(m: board.E500Machine) -> None:
+        for k in range(1, 5):
+            await m.events.wait_for(lambda e: isinstance(e, CpuParked) and e.cpu == 1
+                                    and e.address == WORD)
+            m.ram.write_u32(GO, k)
+
+    b = await boot(src, smp=2, timeout=30, during=go_when_cpu1_waits, record_events=True)
     assert b.result.code == 0, b.result.reason
     for k in range(1, 5):
         r3, r4 = struct.unpack(">II", b.machine.ram.read(RESULTS + 256 * k + 16, 8))
