@@ -14,6 +14,8 @@ and return to the guest the instant the word changes (r3 = EV_SUCCESS, r4 = the 
 the hypercall would), with no Python on the way.  After a bounded number of rounds, or when the
 machine sets the wake flag (a release), they make the same hypercall again from the poll page,
 and the machine parks the CPU as before.  KVM's halt-polling does this for the same reason.
+It pays only because a store to a watched page becomes visible as the last act of its hook
+(``StoreWatch.store``): the CPU that polled then rarely finds the GIL taken by the storing CPU.
 
 What the guest sees is in docs/PLATFORM.md: two reserved pages (the data page is each CPU's
 own), and SRR0/SRR1 set as the ``sc`` instruction sets them on e500v2.  The registers the poll
