@@ -5,17 +5,20 @@ halves:
 
 * *Seeing the store.*  The page that holds a watched word is made read-only in every CPU's
   unicorn view (``VCpu.watch_page``).  A guest store into it lands in a write-protection hook
-  limited to that page, which completes the store into shared RAM itself and calls
-  :meth:`StoreWatch.stored`.  Stores anywhere else stay on unicorn's fast path, which is why the
+  limited to that page, which hands the store to :meth:`StoreWatch.store`: that wakes the
+  waiters and lands the bytes in shared RAM, under the watch lock.  Stores anywhere else stay on unicorn's fast path, which is why the
   hook is range-limited (an unlimited hook slows every store ~12x; see reference/unicorn.md).
   Host-side writes (fw_cfg DMA, loaders) report through ``GuestRAM.write_observer``.
 * *Not losing the wake-up.*  A waiter is armed *before* the parking CPU re-reads the word, and
   the word is re-read only after every running CPU has the page protected.  A store that lands
   before the watch is armed is caught by the re-read; one that lands after is caught by the
-  hook.  There is no window in between.
+  hook.  There is no window in between: arming, re-reading and a guest store each hold the
+  watch lock.
 
-The watch table is touched from worker threads (hooks) and the trio thread, so it has a lock;
-wake callbacks must be thread-safe (the machine passes ``TrioToken.run_sync_soon`` closures).
+The watch table is touched from worker threads (hooks) and the trio thread, so it has a lock.
+Wake callbacks must be thread-safe and must not call back into the watch: a guest store runs
+them with the lock held (the machine passes ``TrioToken.run_sync_soon`` closures, nudges and
+event emitters).
 """
 
 from __future__ import annotations
