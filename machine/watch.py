@@ -6,8 +6,9 @@ halves:
 * *Seeing the store.*  The page that holds a watched word is made read-only in every CPU's
   unicorn view (``VCpu.watch_page``).  A guest store into it lands in a write-protection hook
   limited to that page, which hands the store to :meth:`StoreWatch.store`: that wakes the
-  waiters and lands the bytes in shared RAM, under the watch lock.  Stores anywhere else stay on unicorn's fast path, which is why the
-  hook is range-limited (an unlimited hook slows every store ~12x; see reference/unicorn.md).
+  waiters and lands the bytes in shared RAM, under the watch lock.  Stores anywhere else stay
+  on unicorn's fast path, which is why the hook is range-limited (an unlimited hook slows
+  every store ~12x; see reference/unicorn.md).
   Host-side writes (fw_cfg DMA, loaders) report through ``GuestRAM.write_observer``.
 * *Not losing the wake-up.*  A waiter is armed *before* the parking CPU re-reads the word, and
   the word is re-read only after every running CPU has the page protected.  A store that lands
