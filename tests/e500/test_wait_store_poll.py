@@ -5,6 +5,7 @@ every other register as it was (SRR0/SRR1 as ``sc`` leaves them), and no lost wa
 from __future__ import annotations
 
 import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,8 @@ RESULTS = 0x0010_0000  # 256 bytes per round, written by CPU 1
 ROUNDS = 12
 
 # CPU 1 waits ROUNDS times on WORD (expected k-1 in round k) with every register set to a
-# pattern, then records what it got back; CPU 0 stores k once CPU 1 says it is about to wait
-# (FLAG = k; or once the test's host side sets GO = k), after a delay of {delay} loop turns.
+# pattern, then records what it got back; CPU 0 stores k once the test's host side sets GO = k
+# (when_cpu1_waits) and {delay} loop turns more.  (FLAG = k: CPU 1 is about to wait.)
 GUEST = """
 _start:
     cmpwi 3, 0
@@ -103,7 +104,7 @@ SUPERVISOR = "nop"
 
 def guest(delay: int, *, release: str = STORE, mode: str = SUPERVISOR,
           clear_srr0: str = "mtsrr0 9", read_srr0: str = "mfsrr0 11",
-          expected: str = "addi 4, 20, -1", go: int = FLAG, rounds: int = ROUNDS) -> str:
+          expected: str = "addi 4, 20, -1", go: int = GO, rounds: int = ROUNDS) -> str:
     return GUEST.format(word=WORD, flag=FLAG, go=go, delay=delay, release=release, mode=mode,
                         clear_srr0=clear_srr0, read_srr0=read_srr0, expected=expected,
                         rounds=rounds, results_hi=RESULTS >> 16)
@@ -114,6 +115,17 @@ def symbol(elf: Path, name: str) -> int:
         table = ELFFile(f).get_section_by_name(".symtab")
         sym = table.get_symbol_by_name(name)[0]  # type: ignore[union-attr]
         return int(sym["st_value"])
+
+
+def when_cpu1_waits(rounds: int = ROUNDS) -> Callable[[board.E500Machine], Awaitable[None]]:
+    """The test's host side: GO = k once CPU 1 has begun its k-th wait (not merely asked to:
+    a store that lands before the wait begins is, rightly, one the wait does not see)."""
+    async def feed(m: board.E500Machine) -> None:
+        for k in range(1, rounds + 1):
+            await m.events.wait_for(lambda e: isinstance(e, CpuParked) and e.cpu == 1
+                                    and e.address == WORD)
+            m.ram.write_u32(GO, k)
+    return feed
 
 
 @pytest.fixture
@@ -151,8 +163,8 @@ def test_the_poll_program_is_what_its_source_assembles_to() -> None:
 async def test_a_store_during_the_poll_returns_with_every_other_register_intact(
         slots: PollSlots) -> None:
     slots.rounds = 10_000_000  # a poll of most of a second: the store surely lands in it
-    src = guest(delay=1 << 20)  # about a millisecond: CPU 1 is surely polling by then
-    b = await boot(src, smp=2, timeout=30)
+    src = guest(delay=1)
+    b = await boot(src, smp=2, timeout=30, during=when_cpu1_waits(), record_events=True)
     assert b.result.code == 0, b.result.reason
     # SRR0 = the return address proves the call went through the poll code: the machine
     # sets it only there (the guest cleared it before each call).
@@ -168,8 +180,8 @@ async def test_a_store_during_the_poll_returns_with_every_other_register_intact(
 async def test_a_poll_that_runs_out_parks_and_still_returns_everything_intact(
         slots: PollSlots) -> None:
     slots.rounds = 1_000  # some microseconds; the store comes milliseconds later
-    src = guest(delay=1 << 22)
-    b = await boot(src, smp=2, timeout=60)
+    src = guest(delay=1 << 22)  # some milliseconds after the wait began
+    b = await boot(src, smp=2, timeout=60, during=when_cpu1_waits(), record_events=True)
     assert b.result.code == 0, b.result.reason
     check_rounds(b, symbol(assemble(src), "after"))
     woken = [e for e in b.events if isinstance(e, CpuWoken) and e.cpu == 1 and e.by == "store"]
@@ -189,7 +201,8 @@ async def test_a_release_reaches_a_polling_cpu(slots: PollSlots) -> None:
 entry:
     hcall HC_FW_POWEROFF
 """
-    b = await boot(guest(delay=2000, release=release, rounds=1), smp=2, timeout=30)
+    b = await boot(guest(delay=1, release=release, rounds=1), smp=2, timeout=30,
+                   during=when_cpu1_waits(1), record_events=True)
     assert b.result.code == 0x77, b.result.reason
     assert [e.cpu for e in b.of(CpuReleased)] == [1]
     assert [e.address for e in b.of(CpuParked) if e.cpu == 1] == [WORD]
@@ -200,8 +213,8 @@ async def test_a_caller_in_user_mode_is_not_polled_but_still_woken(slots: PollSl
     # instead (SRR0 is out of its reach, so it records 0 there).
     user = "mfmsr 9\n    ori 9, 9, 0x4000\n    mtmsr 9"
     slots.rounds = 10_000_000
-    src = guest(delay=1 << 20, mode=user, clear_srr0="nop", read_srr0="li 11, 0")
-    b = await boot(src, smp=2, timeout=30)
+    src = guest(delay=1, mode=user, clear_srr0="nop", read_srr0="li 11, 0")
+    b = await boot(src, smp=2, timeout=30, during=when_cpu1_waits(), record_events=True)
     assert b.result.code == 0, b.result.reason
     check_rounds(b, after=0)
 
@@ -241,15 +254,8 @@ async def test_a_store_undone_at_once_still_ends_the_wait_with_its_value(
     aba = "addi 9, 20, 100\n    stw 9, 0(21)\n    li 9, 0\n    stw 9, 0(21)"
     # (CPU 1 starts each wait once the word is 0 again; it may be woken before the undo.)
     back_to_0 = "9: lwz 4, 0(21)\n    cmpwi 4, 0\n    bne 9b"
-    src = guest(delay=1, release=aba, expected=back_to_0, go=GO, rounds=4)
-
-    async def go_when_cpu1_waits(m: board.E500Machine) -> None:
-        for k in range(1, 5):
-            await m.events.wait_for(lambda e: isinstance(e, CpuParked) and e.cpu == 1
-                                    and e.address == WORD)
-            m.ram.write_u32(GO, k)
-
-    b = await boot(src, smp=2, timeout=30, during=go_when_cpu1_waits, record_events=True)
+    src = guest(delay=1, release=aba, expected=back_to_0, rounds=4)
+    b = await boot(src, smp=2, timeout=30, during=when_cpu1_waits(4), record_events=True)
     assert b.result.code == 0, b.result.reason
     for k in range(1, 5):
         r3, r4 = struct.unpack(">II", b.machine.ram.read(RESULTS + 256 * k + 16, 8))
