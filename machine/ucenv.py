@@ -169,29 +169,34 @@ def spr_offset() -> int:
 
 
 _field_offsets: dict[int, int] = {}
+#: The registers whose fields SprAccess reaches directly; found together, on one scratch CPU.
+_FIELDS = (UC_PPC_REG_MSR, UC_PPC_REG_PC)
 
 
-def _discover_field_offset(reg: int) -> int:
-    """Offset inside ``CPUPPCState`` of the 32-bit field unicorn register ``reg`` lives in:
-    the one place that follows three different values written with ``reg_write``."""
+def _discover_field_offsets(regs: tuple[int, ...]) -> dict[int, int]:
+    """Offset inside ``CPUPPCState`` of the 32-bit field each unicorn register in ``regs``
+    lives in: the one place that follows three different values written with ``reg_write``."""
     uc = new_e500()
     env = _find_env(uc)
-    found: set[int] | None = None
-    for value in (0x0002_1200, 0x0000_1000, 0x0002_9000):  # MSR-legal, and unlikely elsewhere
-        uc.reg_write(reg, value)
-        blob = ctypes.string_at(env, 0x4000)
-        here = {i for i in range(0, len(blob), 4)
-                if blob[i : i + 4] == struct.pack("=I", value)}
-        found = here if found is None else found & here
-    if not found or len(found) != 1:
-        raise EngineLayoutError(f"could not locate register {reg} inside unicorn's CPU state")
-    return found.pop()
+    offsets = {}
+    for reg in regs:
+        found: set[int] | None = None
+        for value in (0x0002_1200, 0x0000_1000, 0x0002_9000):  # MSR-legal, unlikely elsewhere
+            uc.reg_write(reg, value)
+            blob = ctypes.string_at(env, 0x4000)
+            here = {i for i in range(0, len(blob), 4)
+                    if blob[i : i + 4] == struct.pack("=I", value)}
+            found = here if found is None else found & here
+        if not found or len(found) != 1:
+            raise EngineLayoutError(f"could not locate register {reg} inside unicorn's CPU state")
+        offsets[reg] = found.pop()
+    return offsets
 
 
 def field_offset(reg: int) -> int:
     with _lock:
-        if reg not in _field_offsets:
-            _field_offsets[reg] = _discover_field_offset(reg)
+        if not _field_offsets:
+            _field_offsets.update(_discover_field_offsets(_FIELDS))
         return _field_offsets[reg]
 
 

@@ -89,6 +89,11 @@ _INTNO_PROGRAM = 6
 _INTNO_ILLEGAL = 96
 
 
+def _in_poll_page(addr: int) -> bool:
+    """``addr`` is in FW_WAIT_STORE's poll code page (machine/pollwait.py)."""
+    return POLL_CODE_BASE <= addr < POLL_CODE_BASE + PAGE_SIZE
+
+
 class ExitKind(enum.Enum):
     """Why a slice of guest execution ended."""
 
@@ -462,12 +467,12 @@ class VCpu:
     @property
     def called_from_poll(self) -> bool:
         """The hypercall being handled is the poll code's own (it ran out, or was woken)."""
-        return POLL_CODE_BASE < self.hcall_pc <= POLL_CODE_BASE + PAGE_SIZE
+        return _in_poll_page(self.hcall_pc - 4)  # the ``sc 1`` itself
 
     @property
     def in_poll_code(self) -> bool:
         """The slice ended inside FW_WAIT_STORE's poll code (or a park taken from it)."""
-        return POLL_CODE_BASE <= self.pc < POLL_CODE_BASE + PAGE_SIZE
+        return _in_poll_page(self.pc)
 
     @property
     def guest_pc(self) -> int:

@@ -50,9 +50,12 @@ class StoreWatch:
         ram.write_observer = self.stored
 
     def arm(self, address: int, expected: int, wake: Callable[[int], None]) -> Waiter:
-        waiter = Waiter(address, expected & 0xFFFF_FFFF, wake)
         with self._lock:
-            self._by_word.setdefault(address, []).append(waiter)
+            return self._arm(address, expected & 0xFFFF_FFFF, wake)
+
+    def _arm(self, address: int, expected: int, wake: Callable[[int], None]) -> Waiter:
+        waiter = Waiter(address, expected, wake)
+        self._by_word.setdefault(address, []).append(waiter)
         return waiter
 
     def arm_unless_changed(self, address: int, expected: int,
@@ -65,9 +68,7 @@ class StoreWatch:
             value = self._ram.read_u32(address)
             if value != expected:
                 return value
-            waiter = Waiter(address, expected, wake)
-            self._by_word.setdefault(address, []).append(waiter)
-        return waiter
+            return self._arm(address, expected, wake)
 
     def disarm(self, waiter: Waiter) -> None:
         with self._lock:

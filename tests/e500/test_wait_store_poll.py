@@ -17,7 +17,7 @@ from machine.events import CpuParked, CpuReleased, CpuWoken, ParkReason
 from machine.platform import POLL_CODE_BASE
 from machine.pollwait import POLL_PROGRAM, POLL_SOURCE, PollSlots
 
-from .guests import boot
+from .guests import Boot, boot
 
 WORD = 0x0FFF_F800  # in the spin-table page (last page of 256 MiB): watched from the start
 FLAG = 0x0FFF_F900  # the round CPU 1 is about to wait in
@@ -136,8 +136,8 @@ def slots(monkeypatch: pytest.MonkeyPatch) -> PollSlots:
     return fresh
 
 
-def check_rounds(b: object, after: int, rounds: int = ROUNDS) -> None:
-    ram = b.machine.ram  # type: ignore[attr-defined]
+def check_rounds(b: Boot, after: int, rounds: int = ROUNDS) -> None:
+    ram = b.machine.ram
     for k in range(1, rounds + 1):
         base = RESULTS + 256 * k
         cr, ctr, lr, srr0, r3, r4, r0, r2 = struct.unpack(">8I", ram.read(base, 32))
