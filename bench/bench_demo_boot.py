@@ -1,6 +1,6 @@
 """Boot time of a 64 MiB kernel: fwcfg-e500 (firmware + fw_cfg DMA) next to QEMU's ppce500.
 
-The kernel is the demo (``machine/guest/demo.elf``) linked again with 64 MiB of zeros in a
+The kernel is the demo (``machine/boot/guest/demo.elf``) linked again with 64 MiB of zeros in a
 loaded section, so that every boot really moves 64 MiB: QEMU copies it from the ELF into RAM,
 this machine's firmware pulls it through fw_cfg (KERNEL_DATA by DMA).  Both runs boot the same
 file to the same console line (the demo's last, "demo: all N cpus up") and then stop (FW_POWEROFF

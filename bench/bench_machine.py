@@ -305,7 +305,7 @@ def rss():
         if line.startswith('VmRSS:'):
             return int(line.split()[1]) * 1024
 from machine.board import E500Machine
-from machine.guest import DEMO_ELF
+from machine.boot.guest import DEMO_ELF
 base = rss()
 m = E500Machine(kernel=Path(DEMO_ELF), ram_size=3072 << 20, smp=8)
 m.console.add_listener(lambda c, d: None)

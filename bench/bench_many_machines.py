@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from machine.board import E500Machine  # noqa: E402
-from machine.guest import DEMO_ELF  # noqa: E402
+from machine.boot.guest import DEMO_ELF  # noqa: E402
 
 TARGET_MIB = 1024
 

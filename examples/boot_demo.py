@@ -1,6 +1,6 @@
 """Example 1: boot the bundled demo and assert on what it prints.
 
-The demo kernel (``machine/guest/demo.elf``) is booted by the bundled firmware through fw_cfg,
+The demo kernel (``machine/boot/guest/demo.elf``) is booted by the bundled firmware through fw_cfg,
 prints what its device tree says, releases every secondary CPU through the ePAPR spin table and
 powers off.  Each ``expect`` continues where the previous one matched, so the checks below also
 pin the order of the lines; ``fail=`` stops at once if the demo reports a CPU that did not come

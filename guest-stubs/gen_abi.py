@@ -23,7 +23,7 @@ from construct import Struct
 from fwcfg import _layouts as L
 from fwcfg._frontends import MmioWide
 from machine import platform as P
-from machine.guest import FirmwareExit
+from machine.boot.guest import FirmwareExit
 
 
 def field_offsets(layout: Struct) -> dict[str, int]:
@@ -119,7 +119,7 @@ def rows() -> Iterator[tuple[str, str] | str]:
     for name, off in field_offsets(L.FileEntry).items():
         yield f"FW_CFG_FILE_OFF_{name.upper()}", number(off)
 
-    yield "machine/guest/__init__.py: why the firmware powers off (FW_POWEROFF codes)"
+    yield "machine/boot/guest/__init__.py: why the firmware powers off (FW_POWEROFF codes)"
     for code in FirmwareExit:
         yield f"FW_EXIT_{code.name}", number(code.value)
         yield f"FW_MSG_{code.name}", string(code.message)

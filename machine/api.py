@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from fwcfg import ConfigError, FwCfgOption
 from machine.board import E500Machine, MachineConfig, RunResult
-from machine.console import (
+from machine.boot.guest import DEMO_ELF, FIRMWARE_ELF
+from machine.devices.console import (
     ConsoleEnded,
     ConsoleError,
     ConsoleFailure,
@@ -42,7 +43,6 @@ from machine.events import (
     PowerOff,
     Reset,
 )
-from machine.guest import DEMO_ELF, FIRMWARE_ELF
 
 E = TypeVar("E", bound=Event)
 

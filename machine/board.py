@@ -5,12 +5,12 @@ lifetime.  Everything is checked and loaded when the machine is *built* (bad hos
 :class:`fwcfg.ConfigError` before any guest code runs); :meth:`E500Machine.run` then powers it
 on inside one trio nursery:
 
-* one task per CPU drives its :class:`~machine.vcpu.VCpu`: run a slice, act on how it ended
+* one task per CPU drives its :class:`~machine.cpu.vcpu.VCpu`: run a slice, act on how it ended
   (park, power off, reset, fault), repeat.  A parked CPU costs zero host CPU: either its task
   awaits a ``trio.Event`` while its worker thread waits for work, or (FW_WAIT_STORE on a page
   every CPU already watches) its worker blocks inside the hypercall hook while the task still
   awaits the slice; docs/DESIGN.md "Parking" says why there are two.
-* the run's shared ticker (:mod:`machine.timebase`) advances every running CPU's timebase at
+* the run's shared ticker (:mod:`machine.cpu.timebase`) advances every running CPU's timebase at
   least every millisecond (unicorn's does not tick) and sleeps when no CPU runs.
 
 The run ends on FW_POWEROFF (its code is the result), on a guest fault, on the timeout, or when
@@ -32,8 +32,14 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from fwcfg import ConfigError, DmaOp, DmaTransfer, FwCfgOption
-from machine import boot, hypercalls
-from machine.console import Console
+from machine.boot import images as boot
+from machine.cpu.engine import Engine
+from machine.cpu.scheduler import Scheduler, Wait
+from machine.cpu.timebase import Ticker, ticker
+from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu
+from machine.devices import hypercalls
+from machine.devices.console import Console
+from machine.devices.hypercalls import Park, PowerOffRequest
 from machine.eventhub import EventHub
 from machine.events import (
     CpuParked,
@@ -49,7 +55,6 @@ from machine.events import (
     PowerOff,
     Reset,
 )
-from machine.hypercalls import Park, PowerOffRequest
 from machine.memory import GuestRAM
 from machine.platform import (
     DEFAULT_RAM_SIZE,
@@ -74,13 +79,10 @@ from machine.platform import (
     spin_entry_addr,
     spin_table_base,
 )
-from machine.pollwait import POLL_SLOTS
-from machine.timebase import Ticker, ticker
-from machine.vcpu import Exit, ExitKind, Fault, VCpu
 
 if TYPE_CHECKING:
-    from machine.gdb_control import DebugControl  # debugger support (issue 6)
-    from machine.watch import Waiter
+    from machine.debug.gdb_control import DebugControl  # debugger support (issue 6)
+    from machine.devices.watch import Waiter
 
 
 @dataclass(frozen=True)
@@ -115,14 +117,15 @@ class _Slot:
         self.wake = trio.Event()
         self.release: tuple[int, int] | None = None  # latched (entry, r3)
         self.generation = 0
-        self.in_slice = False  # inside VCpu.run: the only state in which it can store
+        self.in_slice = False  # inside VCpu.run (handed to the scheduler)
         self.input_pending = False  # console input arrived since the last EV_IDLE
         #: What the CPU is parked in ("EV_IDLE", "FW_WAIT_STORE on 0x3000"); cleared when it
         #: wakes normally, kept when a stop cancels the wait, so timeouts can say it.
         self.waiting_in: str | None = None
         self.lot = trio.lowlevel.ParkingLot()
-        #: Armed while the CPU polls in FW_WAIT_STORE: reports the waking store as an event.
-        self.poll_waiter: Waiter | None = None
+        #: FW_WAIT_STORE parked inside the slice: the scheduler's wait and the armed waiter.
+        self.wait: Wait | None = None
+        self.waiter: Waiter | None = None
 
 
 @dataclass
@@ -160,7 +163,7 @@ class E500Machine:
         self._reset_requested = False
         self._running_count = 0
         self._timebase: Ticker = Ticker()  # replaced by the run's shared ticker in run()
-        #: Set by machine.gdbstub while a debugger may attach (debugger support, issue 6).
+        #: Set by machine.debug.gdbstub while a debugger may attach (debugger support, issue 6).
         self.debug: DebugControl | None = None
 
         self.images = boot.load_images(config)
@@ -168,22 +171,18 @@ class E500Machine:
         self._rom_map[:] = self.images.rom
         self._rom_anchor = ctypes.c_char.from_buffer(self._rom_map)
         self.ram = GuestRAM(config.ram_size)
-        from machine.watch import StoreWatch
+        from machine.devices.watch import StoreWatch
 
         self.watch = StoreWatch(self.ram)
         self.fwcfg, self._mmio, warnings = boot.build_fwcfg(config, self.images, self.ram)
         #: Host-side warnings about the configuration (the CLI prints them).
         self.warnings: list[str] = warnings
-        self.cpus = [
-            VCpu(i, self.ram, ctypes.addressof(self._rom_anchor), _Host(self))
-            for i in range(self.n_cpus)
-        ]
+        #: The machine's one CPU engine, and the scheduler that runs its vCPUs in it.
+        self.engine = Engine(self.ram, ctypes.addressof(self._rom_anchor), _Host(self))
+        self.cpus = [self.engine.new_vcpu(i) for i in range(self.n_cpus)]
+        self.scheduler = Scheduler(self.engine, self.cpus)
         self._slots = [_Slot(cpu) for cpu in self.cpus]
-        spin_page = spin_table_base(self.ram_size)
-        for cpu in self.cpus:
-            cpu.watch_page(spin_page)
-        #: Pages whose stores every CPU reports (applied, or pending before its first slice).
-        self._pages_everywhere: set[int] = {spin_page}
+        self.engine.watch_page(spin_table_base(self.ram_size))
         self._init_public_api()
 
     # --- public ----------------------------------------------------------------------------
@@ -229,7 +228,7 @@ class E500Machine:
             # The timeout wins unless the machine had already powered off by itself.
             if scope.cancelled_caught and (self._stop_result is None or self._reset_requested):
                 self._reset_requested = False
-                where = "; ".join(_where(s) for s in self._slots)
+                where = "; ".join(self._where(s) for s in self._slots)
                 self._stop_result = RunResult(
                     code=124, reason=f"timeout after {timeout:g} s: {where}"
                 )
@@ -247,8 +246,9 @@ class E500Machine:
     def close(self) -> None:
         """Release host resources (worker threads, CPU engines); idempotent.  The machine
         cannot run afterwards; its RAM stays readable until the object is dropped."""
-        for cpu in self.cpus:
-            cpu.close()
+        self.scheduler.close()
+        if not self.scheduler.alive:  # never free an engine a stuck thread may be inside
+            self.engine.close(self.cpus)
 
     async def __aenter__(self) -> E500Machine:
         """Power the machine on in the background; ``async with`` exit stops it.
@@ -333,7 +333,7 @@ class E500Machine:
             if self.result is None:
                 raise RuntimeError("the run was cancelled before the machine stopped")
             return self.result
-        where = "; ".join(_where(s) for s in self._slots)
+        where = "; ".join(self._where(s) for s in self._slots)
         raise TimeoutError(f"the machine was still running after {timeout:g} s: {where}")
 
     # --- the CPU tasks ---------------------------------------------------------------------
@@ -488,7 +488,7 @@ class E500Machine:
         slot.wake = ev
         waiter = self.watch.arm(word, expected, lambda _value: self._soon(ev.set))
         try:
-            await self._watch_everywhere(word & ~(PAGE_SIZE - 1), slot)
+            await self._watched(word & ~(PAGE_SIZE - 1))
             if self.watch.recheck(waiter) is not None:
                 return "store"
             if slot.release is not None:
@@ -511,22 +511,12 @@ class E500Machine:
         self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index, by=by))
         return by
 
-    async def _watch_everywhere(self, page: int, me: _Slot) -> None:
-        """Make stores to ``page`` visible from every CPU before the caller re-reads its word.
-
-        A CPU outside a slice (parked, starting up, or the caller itself) cannot store, and
-        picks the protection up before its next slice.  A CPU inside a slice is kicked, and we
-        wait until that slice has ended: its next one starts with the page protected."""
-        if page in self._pages_everywhere:
-            return
-        for slot in self._slots:
-            if slot.cpu.watch_page(page) or slot is me:
-                continue
-            gen = slot.generation
-            while slot.in_slice and slot.generation == gen:
-                slot.cpu.kick()
-                await slot.lot.park()
-        self._pages_everywhere.add(page)
+    async def _watched(self, page: int) -> None:
+        """Make stores to ``page`` reported before the caller re-reads its word: the engine
+        protects it before its next slice, so a running slice is cut short and awaited."""
+        while not self.engine.watch_page(page):
+            self.scheduler.preempt_now()
+            await trio.sleep(0.0005)
 
     def _take_release(self, slot: _Slot) -> int | None:
         with self._lock:
@@ -548,8 +538,10 @@ class E500Machine:
             if slot.release is not None:
                 return EvStatus.INVALID_STATE
             slot.release = (entry & 0xFFFF_FFFF, r3 & 0xFFFF_FFFF)
-        slot.cpu.nudge()  # a CPU parked inside its slice leaves it to take the release
-        self._soon(lambda: slot.wake.set())
+        wait = slot.wait
+        if wait is None or not self.scheduler.wake(slot.cpu, wait,
+                                                   lambda c: self._release_woke(slot)):
+            self._soon(lambda: slot.wake.set())
         return EvStatus.SUCCESS
 
     def _wake_idle_on_input(self) -> None:
@@ -606,7 +598,7 @@ class E500Machine:
             else:
                 self._timebase.poke()
 
-    # The shared timebase ticker (machine/timebase.py) calls these on the trio thread.
+    # The shared timebase ticker (machine/cpu/timebase.py) calls these on the trio thread.
 
     def wants_ticks(self) -> bool:
         return self._running_count > 0
@@ -618,104 +610,71 @@ class E500Machine:
             if slot.parked is None:
                 slot.cpu.set_timebase(ticks)
 
-    def wait_store_in_slice(self, cpu: VCpu, addr: int, expected: int) -> int | None:
-        """FW_WAIT_STORE without leaving the slice (worker thread): first a poll in the CPU's
-        own engine (machine/pollwait.py), then a wait on the nudge (VCpu.prepare_wait).
+    def wait_store_in_slice(self, cpu: VCpu, addr: int,
+                            expected: int) -> int | hypercalls.Parked | None:
+        """FW_WAIT_STORE inside the slice (worker thread, in the hypercall hook).
 
-        Only when stores to the page are already reported from every CPU and nothing is
-        latched for this CPU; otherwise None sends it the slow way, through its trio task,
-        which protects the page everywhere first.  No lost wake-up: the poll reads the word
-        itself; the blocking wait arms its waiter before the word is re-read, and both a store
-        and a release set the nudge.  Starting a poll sets ``cpu.poll_begun``."""
+        The page is watched from the next slice on, and no other vCPU runs before that slice,
+        so no store is missed; a waiter is armed as the word is read (under the watch lock),
+        and the vCPU leaves the run queue.  The store that changes the word (on the worker
+        thread, or a host write on another) puts it back at the head of the queue with r3 =
+        0 and r4 = the new value; a release puts it on its entry point.  Returns the value if
+        the word already differs, None if a release is latched (taken through the trio task).
+        """
         slot = self._slots[cpu.index]
-        again = cpu.called_from_poll  # the poll ran out, or was woken for a release
-        if again:
-            cpu.end_poll()
-        polled, slot.poll_waiter = slot.poll_waiter, None
-        if polled is not None:  # left by the last poll, which may have ended without a call
-            self.watch.disarm(polled)
-            if again and polled.fired:  # a store changed the word, and then changed it back
-                assert polled.value is not None
-                return polled.value
-            if again and not cpu.poll_woken:
-                POLL_SLOTS.ran_out(time.monotonic_ns() - cpu.poll_started)
-        if (addr & ~(PAGE_SIZE - 1)) not in self._pages_everywhere or slot.release is not None:
-            return None
-        value = self.ram.read_u32(addr)
-        if value != expected & 0xFFFF_FFFF:
-            return value
-        if not again and (msr := cpu.may_poll()) is not None and POLL_SLOTS.claim(cpu):
-            return self._begin_poll(slot, addr, expected, msr)
-        if not cpu.prepare_wait():
-            return None
-        waiter = self.watch.arm(addr, expected, lambda _value: cpu.nudge())
-        if (rechecked := self.watch.recheck(waiter)) is not None:
-            return rechecked
         if slot.release is not None:
-            self.watch.disarm(waiter)
             return None
-        if not again:
-            self.events.emit(CpuParked(time=self.now(), cpu=cpu.index,
-                                       reason=ParkReason.WAIT_STORE, pc=cpu.hcall_pc,
-                                       address=addr))
-        self._set_running(-1, from_worker=True)
-        slot.waiting_in = f"FW_WAIT_STORE on {addr:#x}"
-        try:
-            cpu.wait_nudge()
-        finally:
-            self._set_running(+1, from_worker=True)
-            self.watch.disarm(waiter)
-        if not waiter.fired:
-            return None  # kicked or released: the trio task parks it properly
-        assert waiter.value is not None
-        slot.waiting_in = None
-        cpu.apply_forgotten_code()  # a DMA may have replaced code while it slept in its slice
-        cpu.set_timebase(self._ticks())
-        self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
-        return waiter.value
+        self.engine.watch_page(addr & ~(PAGE_SIZE - 1))
+        wait = Wait(resume_pc=cpu.hcall_pc,
+                    on_kick=lambda c: self._kick_wait(slot, addr, expected))
 
-    def _begin_poll(self, slot: _Slot, addr: int, expected: int, msr: int) -> int | None:
-        """Start FW_WAIT_STORE's poll (machine/pollwait.py); the word's value if it changed.
-
-        The poll code sees the word change by itself.  The waiter armed here reports the
-        waking store as CpuWoken, and catches what the poll cannot see: a store that changes
-        the word and another that changes it back before it looks again.  Then, when the poll
-        runs out, the hypercall returns the value of the first store, as a parked CPU's
-        would.  (Waking the poll for that would be quicker in that rare case, but the wake flag
-        would be seen before the store itself, which lands last: see StoreWatch.store.)"""
-        cpu = slot.cpu
-        cpu.arm_poll()  # before the release check: a release after it sets the flag again
-        if slot.release is not None:
-            return None  # poll_begun stays False: the release is taken the slow way
-        events = self.events
-        # CpuParked only once the waiter is armed: from then on no store is missed (a host
-        # acting on the event must not be able to store before the wait has begun).  A store
-        # between the arming and the event is reported after the event, as its wake-up.
-        order = threading.Lock()
-        announced = woken_early = False
-
-        def woken(_value: int) -> None:
-            nonlocal woken_early
-            with order:
-                if not announced:
-                    woken_early = True
-                elif events.active:
-                    events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
+        def woken(value: int) -> None:
+            self.scheduler.wake(cpu, wait, lambda c: self._store_woke(slot, value))
 
         got = self.watch.arm_unless_changed(addr, expected, woken)
         if isinstance(got, int):
-            return got  # it never waited: no events
-        with order:
-            announced = True
-            if events.active:
-                events.emit(CpuParked(time=self.now(), cpu=cpu.index,
-                                      reason=ParkReason.WAIT_STORE, pc=cpu.hcall_pc,
-                                      address=addr))
-                if woken_early:
-                    events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
-        slot.poll_waiter = got
-        cpu.begin_poll(POLL_SLOTS.rounds, msr)
-        return None
+            return got
+        slot.wait, slot.waiter = wait, got
+        slot.parked = ParkReason.WAIT_STORE
+        slot.waiting_in = f"FW_WAIT_STORE on {addr:#x}"
+        cpu.parked_in_slice = True
+        self._set_running(-1, from_worker=True)
+        self.events.emit(CpuParked(time=self.now(), cpu=cpu.index, reason=ParkReason.WAIT_STORE,
+                                   pc=cpu.hcall_pc, address=addr))
+        self.scheduler.park(cpu, wait)
+        return hypercalls.PARKED
+
+    def _end_wait(self, slot: _Slot) -> None:
+        if slot.waiter is not None:
+            self.watch.disarm(slot.waiter)
+        slot.wait = slot.waiter = None
+        slot.parked = None
+
+    def _store_woke(self, slot: _Slot, value: int) -> None:
+        """The store that ended an in-slice FW_WAIT_STORE (worker, as the CPU resumes)."""
+        self._end_wait(slot)
+        self._set_running(+1, from_worker=True)
+        slot.waiting_in = None
+        cpu = slot.cpu
+        cpu.set_gprs({3: int(EvStatus.SUCCESS), 4: value})
+        cpu.set_timebase(self._ticks())
+        self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
+
+    def _release_woke(self, slot: _Slot) -> int | None:
+        """A release that ended an in-slice FW_WAIT_STORE (worker, as the CPU resumes)."""
+        self._end_wait(slot)
+        self._set_running(+1, from_worker=True)
+        slot.waiting_in = None
+        slot.cpu.set_timebase(self._ticks())
+        self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index, by="release"))
+        return self._take_release(slot)
+
+    def _kick_wait(self, slot: _Slot, addr: int, expected: int) -> Exit:
+        """The machine stopped a CPU parked inside its slice: its trio task parks it."""
+        self._end_wait(slot)
+        self._set_running(+1, from_worker=True)  # its task's slice ends now, and counts -1
+        return Exit(ExitKind.PARK, slot.cpu.hcall_pc,
+                    hypercalls.Park(ParkReason.WAIT_STORE, addr, expected, announced=True))
 
     def _power_on_reset(self) -> None:
         """FW_RESET: RAM back to zeros, devices to their reset state, CPUs to power-on."""
@@ -726,6 +685,12 @@ class E500Machine:
             slot.parked = None
 
     # --- debugger support (issue 6) --------------------------------------------------------
+
+    def _where(self, slot: _Slot) -> str:
+        """Where a CPU was when the machine stopped it, for timeout messages."""
+        state = f" parked in {slot.waiting_in}" if slot.waiting_in else ""
+        pc = self.scheduler.pc_of(slot.cpu)
+        return f"cpu {slot.cpu.index}{state} at pc {pc:#010x}"
 
     def cpu_parked(self, index: int) -> ParkReason | None:
         """Why CPU ``index`` is parked, or None while it runs or waits to run."""
@@ -746,8 +711,7 @@ class E500Machine:
             if isinstance(e, DmaTransfer) and e.op is DmaOp.READ and e.length \
                     and self.ram.contains(e.address, 1):
                 end = min(e.address + e.length, self.ram.base + self.ram.size)
-                for other in self.cpus:
-                    other.forget_code(e.address, end, now=other is cpu)
+                self.engine.drop_code(e.address, end)
         if events and self.events.active:
             now = self.now()
             for e in events:
@@ -767,20 +731,8 @@ def _enter_as_secondary(cpu: VCpu, r3: int) -> None:
     cpu.set_gprs({3: r3, 4: 0, 5: 0, 6: 0, 7: SECONDARY_IMA_SIZE, 8: 0, 9: 0})
 
 
-def _where(slot: _Slot) -> str:
-    """Where a CPU was when the machine stopped it, for timeout messages."""
-    cpu = slot.cpu
-    if slot.waiting_in:
-        state = f" parked in {slot.waiting_in}"
-    elif cpu.in_poll_code:
-        state = " polling in FW_WAIT_STORE"
-    else:
-        state = ""
-    return f"cpu {cpu.index}{state} at pc {cpu.guest_pc:#010x}"
-
-
 class _Host:
-    """The machine as seen by a vCPU's hooks (see :class:`machine.vcpu.Host`)."""
+    """The machine as seen by a vCPU's hooks (see :class:`machine.cpu.vcpu.Host`)."""
 
     def __init__(self, m: E500Machine) -> None:
         self._m = m
@@ -829,7 +781,8 @@ class _Services:
     def ram_contains(self, addr: int, size: int) -> bool:
         return self._m.ram.contains(addr, size)
 
-    def wait_store_in_slice(self, cpu: VCpu, addr: int, expected: int) -> int | None:
+    def wait_store_in_slice(self, cpu: VCpu, addr: int,
+                            expected: int) -> int | hypercalls.Parked | None:
         return self._m.wait_store_in_slice(cpu, addr, expected)
 
 

@@ -36,9 +36,9 @@ from fwcfg import (
 from machine import platform
 from machine.board import E500Machine, MachineConfig, RunResult
 from machine.bus import e500_address_map
+from machine.debug.qtest import QtestServer, open_chardev, serve
 from machine.events import Event as MachineEvent
 from machine.memory import GuestRAM
-from machine.qtest import QtestServer, open_chardev, serve
 
 PROG = "fwcfg-e500"
 
@@ -194,7 +194,7 @@ def machine_config(args: argparse.Namespace) -> MachineConfig:
     cpus, _max_cpus = parse_smp(args.smp)
     kernel = args.kernel
     if args.demo and kernel is None:
-        from machine.guest import DEMO_ELF
+        from machine.boot.guest import DEMO_ELF
 
         kernel = str(DEMO_ELF)
     return MachineConfig(
@@ -243,7 +243,7 @@ def boot(args: argparse.Namespace) -> int:
 
 
 async def _boot_main(machine: E500Machine, args: argparse.Namespace) -> RunResult:
-    from machine.gdbstub import DEFAULT_GDB_ADDRESS, listen, run_with_gdb
+    from machine.debug.gdbstub import DEFAULT_GDB_ADDRESS, listen, run_with_gdb
 
     gdb = args.gdb or (DEFAULT_GDB_ADDRESS if args.gdb_default else None)
     if args.stopped and gdb is None:

@@ -10,7 +10,7 @@
 Why a thread: the machine *is* a trio program (one task per CPU, a ticker, event delivery), so
 something must run trio while the script blocks.  :class:`SyncMachine` runs ``trio.run`` on a
 private thread and forwards each blocking call with :func:`trio.from_thread.run`; exceptions
-(timeouts, :class:`~machine.console.ConsoleFailure`, …) come back to the caller's thread
+(timeouts, :class:`~machine.devices.console.ConsoleFailure`, …) come back to the caller's thread
 unchanged.  Leaving the ``with`` block stops the machine and joins the thread, so a script that
 fails half-way leaves nothing running.
 
@@ -30,7 +30,7 @@ import trio
 from machine.api import DEFAULT_RUN_TIMEOUT, MachineRun
 from machine.api import run_machine as _run_machine_async
 from machine.board import E500Machine, MachineConfig, RunResult
-from machine.console import DEFAULT_EXPECT_TIMEOUT, Pattern
+from machine.devices.console import DEFAULT_EXPECT_TIMEOUT, Pattern
 from machine.eventhub import DEFAULT_WAIT_TIMEOUT
 from machine.events import Event
 
@@ -157,7 +157,8 @@ class SyncMachine:
 
 
 class SyncConsole:
-    """The console of a :class:`SyncMachine`: the same calls as :class:`~machine.console.Console`,
+    """The console of a :class:`SyncMachine`: the same calls as
+    :class:`~machine.devices.console.Console`,
     blocking."""
 
     def __init__(self, owner: SyncMachine) -> None:
@@ -166,7 +167,7 @@ class SyncConsole:
     def expect(self, pattern: Pattern, *, timeout: float | None = DEFAULT_EXPECT_TIMEOUT,
                fail: Pattern | Sequence[Pattern] = ()) -> re.Match[Any]:
         """Block until the guest printed ``pattern`` (see
-        :meth:`machine.console.Console.expect`)."""
+        :meth:`machine.devices.console.Console.expect`)."""
         console = self._owner.machine.console
 
         async def go() -> re.Match[Any]:

@@ -139,7 +139,7 @@ def test_a_failing_test_shows_the_console_and_can_write_traces(
 ) -> None:
     pytester.makepyfile(
         """
-        from machine.guest import DEMO_ELF
+        from machine.boot.guest import DEMO_ELF
 
         async def test_wrong_line(e500):
             m = await e500(kernel=DEMO_ELF, smp=2, append="visible in the report")

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from machine.asm import assemble
-from machine.console import (
+from machine.devices.console import (
     Console,
     ConsoleEnded,
     ConsoleFailure,

@@ -20,8 +20,8 @@ import trio
 
 from machine import platform as P
 from machine.board import E500Machine, MachineConfig
-from machine.guest import DEMO_ELF
-from machine.loader import load_kernel
+from machine.boot.guest import DEMO_ELF
+from machine.boot.loader import load_kernel
 
 QEMU = shutil.which("qemu-system-ppc")
 pytestmark = [

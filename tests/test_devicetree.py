@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from fwcfg import ConfigError
 from machine import platform as P
-from machine.devicetree import (
+from machine.boot.devicetree import (
     FDT_HEADER_SIZE,
     FdtHeader,
     TreeConfig,

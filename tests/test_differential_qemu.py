@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from fwcfg import DmaAccess, DmaControl, FileDir, Key
 from fwcfg.client import FwCfgClient, QtestTransport
-from machine.qtest import QtestClient
+from machine.debug.qtest import QtestClient
 
 pytestmark = [
     pytest.mark.qemu,

@@ -16,9 +16,9 @@ import trio
 from elftools.elf.elffile import ELFFile
 
 from machine.board import E500Machine, RunResult
-from machine.gdb_target import REG_NAMES
-from machine.gdbstub import run_with_gdb
-from machine.guest import DEMO_ELF
+from machine.boot.guest import DEMO_ELF
+from machine.debug.gdb_target import REG_NAMES
+from machine.debug.gdbstub import run_with_gdb
 from machine.platform import EPAPR_MAGIC, ROM_BASE
 
 GDB = shutil.which("gdb-multiarch")

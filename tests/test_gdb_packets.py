@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from machine.gdb_packets import (
+from machine.debug.gdb_packets import (
     Ack,
     BadPacket,
     Interrupt,

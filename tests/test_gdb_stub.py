@@ -1,6 +1,6 @@
 """The GDB stub, driven packet by packet over TCP against tiny multi-CPU guests.
 
-Each scenario boots an assembled guest behind :func:`machine.gdbstub.run_with_gdb` and talks
+Each scenario boots an assembled guest behind :func:`machine.debug.gdbstub.run_with_gdb` and talks
 the remote protocol to it the way gdb does (``tests/test_gdb_multiarch.py`` runs gdb itself).
 Addresses come from the guest's own symbols.
 """
@@ -23,9 +23,9 @@ from elftools.elf.elffile import ELFFile
 from fwcfg import ConfigError
 from machine.asm import assemble, have_cross_tools
 from machine.board import E500Machine, RunResult
-from machine.gdb_packets import Packet, PacketReader, frame
-from machine.gdb_target import REG_NAMES, Reg
-from machine.gdbstub import parse_gdb_address, run_with_gdb
+from machine.debug.gdb_packets import Packet, PacketReader, frame
+from machine.debug.gdb_target import REG_NAMES, Reg
+from machine.debug.gdbstub import parse_gdb_address, run_with_gdb
 from machine.platform import ROM_BASE
 
 pytestmark = pytest.mark.skipif(not have_cross_tools(), reason="needs powerpc-linux-gnu-as")

@@ -23,9 +23,11 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from fwcfg import DmaControl, Key
-from machine import boot
 from machine import platform as P
 from machine.board import E500Machine, MachineConfig
+from machine.boot import images as boot
+from machine.boot.guest import DEMO_ELF, FIRMWARE_ELF, FirmwareExit
+from machine.boot.loader import load_kernel
 from machine.events import (
     CpuReleased,
     Event,
@@ -34,8 +36,6 @@ from machine.events import (
     Hypercall,
     Reset,
 )
-from machine.guest import DEMO_ELF, FIRMWARE_ELF, FirmwareExit
-from machine.loader import load_kernel
 
 REPO = Path(__file__).resolve().parent.parent
 STUBS = REPO / "guest-stubs"

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from fwcfg import BytearrayMemory, ConfigError, DmaAccess, FwCfg, Key
 from machine import platform as P
-from machine.loader import (
+from machine.boot.loader import (
     RESET_VECTOR,
     FlatImage,
     InitrdImage,

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from fwcfg import FwCfg, Key, MmioWide, Selected
 from machine import platform
 from machine.bus import e500_address_map
+from machine.debug.qtest import QtestServer
 from machine.memory import GuestRAM
-from machine.qtest import QtestServer
 
 FW = platform.FWCFG_BASE
 RAM_SIZE = 16 * platform.MiB  # GuestRAM itself has no minimum

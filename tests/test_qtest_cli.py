@@ -15,7 +15,7 @@ from fwcfg import Key
 from fwcfg.client import FwCfgClient, QtestTransport
 from machine import platform
 from machine.cli import main, parse_memory, parse_smp
-from machine.qtest import QtestClient
+from machine.debug.qtest import QtestClient
 
 FW = platform.FWCFG_BASE
 UUID = "4600cb32-38ec-4b2f-8acb-81c6ea54f2d8"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from machine.asm import assemble
-from machine.guest import DEMO_ELF
+from machine.boot.guest import DEMO_ELF
 
 from .guests import PUTS
 

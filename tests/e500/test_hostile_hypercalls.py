@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import trio
 
 from machine.board import E500Machine
+from machine.cpu.vcpu import unpack_bytes_be
 from machine.events import CpuReleased, GuestFault, Hypercall, ParkReason
 from machine.platform import (
     BYTE_CHANNEL_MAX,
@@ -26,7 +27,6 @@ from machine.platform import (
     Hcall,
     MiB,
 )
-from machine.vcpu import unpack_bytes_be
 
 from .guests import Boot, boot
 

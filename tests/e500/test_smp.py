@@ -9,8 +9,8 @@ import pytest
 import trio
 
 from machine.board import E500Machine
+from machine.boot.guest import DEMO_ELF
 from machine.events import CpuParked, CpuReleased, Event, FwCfgDma, ParkReason
-from machine.guest import DEMO_ELF
 
 
 async def boot_demo(smp: int, **kw: object) -> tuple[int, str, list[Event]]:

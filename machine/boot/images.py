@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fwcfg import ConfigError, FwCfg, Item, Key, MmioWide, PpcKey, ViewItem
-from machine import devicetree, loader
+from machine.boot import devicetree, loader
 from machine.memory import GuestRAM
 from machine.platform import BUS_HZ, CLOCK_HZ, FDT_FILE_NAME, TIMEBASE_HZ
 
@@ -35,7 +35,7 @@ class BootImages:
 
 
 def default_firmware() -> Path:
-    from machine.guest import FIRMWARE_ELF
+    from machine.boot.guest import FIRMWARE_ELF
 
     return Path(FIRMWARE_ELF)
 

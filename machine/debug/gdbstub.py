@@ -6,9 +6,9 @@ machine.  A parked CPU is a thread stopped where it parked (``info threads`` say
 
 Layers, each testable alone:
 
-* :mod:`machine.gdb_packets` frames bytes into packets (sans I/O);
+* :mod:`machine.debug.gdb_packets` frames bytes into packets (sans I/O);
 * :class:`GdbSession` answers one packet at a time (sans I/O: payload in, :class:`Reply` out)
-  against the machine and its :class:`~machine.gdb_control.DebugControl`;
+  against the machine and its :class:`~machine.debug.gdb_control.DebugControl`;
 * :class:`GdbServer` owns the TCP listener and the trio tasks of a connection.
 
 It runs inside the machine's trio run: no threads beyond the vCPUs' own.  Nothing a client
@@ -35,17 +35,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import trio
-from unicorn.ppc_const import (
-    UC_PPC_REG_CR,
-    UC_PPC_REG_CTR,
-    UC_PPC_REG_LR,
-    UC_PPC_REG_MSR,
-    UC_PPC_REG_XER,
-)
 
 from fwcfg import ConfigError
-from machine.gdb_control import Action, DebugControl, Exited, Signal, Stop
-from machine.gdb_packets import (
+from machine.cpu.vcpu import VCpu, Watch
+from machine.debug.gdb_control import Action, DebugControl, Exited, Signal, Stop
+from machine.debug.gdb_packets import (
     MAX_PACKET,
     Ack,
     BadPacket,
@@ -56,9 +50,8 @@ from machine.gdb_packets import (
     frame,
     unescape,
 )
-from machine.gdb_target import FEATURE_FILES, N_REGS, REG_BYTES, Reg
+from machine.debug.gdb_target import FEATURE_FILES, N_REGS, REG_BYTES, Reg
 from machine.platform import ROM_BASE, ROM_SIZE
-from machine.vcpu import Watch
 
 if TYPE_CHECKING:
     from machine.board import E500Machine, RunResult
@@ -68,12 +61,20 @@ DEFAULT_GDB_ADDRESS: Final = "tcp::1234"
 #: How long a finished run waits for the exit notice to reach gdb before closing.
 EXIT_NOTICE_S: Final = 1.0
 
-_UC_REGS: Final = {
-    Reg.MSR: UC_PPC_REG_MSR,
-    Reg.CR: UC_PPC_REG_CR,
-    Reg.LR: UC_PPC_REG_LR,
-    Reg.CTR: UC_PPC_REG_CTR,
-    Reg.XER: UC_PPC_REG_XER,
+#: The other registers, read and written in the vCPU's context (wherever it lives now).
+_GETTERS: Final[dict[Reg, Callable[[VCpu], int]]] = {
+    Reg.MSR: lambda c: c.msr,
+    Reg.CR: lambda c: c.cr,
+    Reg.LR: lambda c: c.lr,
+    Reg.CTR: lambda c: c.ctr,
+    Reg.XER: lambda c: c.xer,
+}
+_SETTERS: Final[dict[Reg, Callable[[VCpu, int], None]]] = {
+    Reg.MSR: VCpu.set_msr,
+    Reg.CR: VCpu.set_cr,
+    Reg.LR: VCpu.set_lr,
+    Reg.CTR: VCpu.set_ctr,
+    Reg.XER: VCpu.set_xer,
 }
 
 # errno-style codes, as gdbserver uses them
@@ -265,7 +266,7 @@ class GdbSession:
             return cpu.gpr(n)
         if n == Reg.PC:
             return self.control.pc(i)
-        return int(cpu.uc.reg_read(_UC_REGS[Reg(n)])) & 0xFFFF_FFFF
+        return _GETTERS[Reg(n)](cpu) & 0xFFFF_FFFF
 
     def _set(self, i: int, n: int, value: int) -> None:
         cpu = self.machine.cpus[i]
@@ -274,7 +275,7 @@ class GdbSession:
         elif n == Reg.PC:
             self.control.set_pc(i, value)
         else:
-            cpu.uc.reg_write(_UC_REGS[Reg(n)], value)
+            _SETTERS[Reg(n)](cpu, value & 0xFFFF_FFFF)
 
     def _read_all(self, p: bytes) -> Reply:
         i = self._quiet_cpu(self._cpu(self._g_thread))
@@ -508,7 +509,7 @@ class GdbServer:
     """Serves gdb connections for ``machine``, one at a time (a second client is refused).
 
     Construct it before the machine powers on: it installs the machine's
-    :class:`~machine.gdb_control.DebugControl`, and with ``wait_for_debugger`` (``-S``) every
+    :class:`~machine.debug.gdb_control.DebugControl`, and with ``wait_for_debugger`` (``-S``) every
     CPU waits before its first instruction until gdb resumes it.
     """
 

@@ -1,6 +1,6 @@
 """Run control for a debugger: all-stop halts, per-CPU resume actions, breakpoints.
 
-This is the machine's half of the debugger, with no protocol in it (:mod:`machine.gdbstub` is
+This is the machine's half of the debugger, with no protocol in it (:mod:`machine.debug.gdbstub` is
 the GDB half).  The board calls two things from each CPU task:
 
 * :meth:`DebugControl.gate` before every slice.  While the debugger has the machine halted the
@@ -16,7 +16,7 @@ registers of a CPU that is running.  A parked CPU stays parked; if something wak
 the machine is halted it waits at the gate instead of running.
 
 Everything here runs on the trio thread; the vCPU side of breakpoints (range-limited code
-hooks) is in :meth:`machine.vcpu.VCpu.set_breakpoints`.
+hooks) is in :meth:`machine.cpu.vcpu.VCpu.set_breakpoints`.
 
 Cancellation: nothing here owns a resource.  A CPU task cancelled while it waits at the gate
 simply goes away (the machine is stopping); the next gate entry of a CPU resets its
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import trio
 
+from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu, Watch, WatchHit
 from machine.events import FaultKind
-from machine.vcpu import Exit, ExitKind, Fault, VCpu, Watch, WatchHit
 
 
 class Action(enum.Enum):

@@ -4,7 +4,7 @@ Handlers live in one table keyed by token (like h11's READERS): adding a call is
 A handler runs on the calling CPU's worker thread, inside the unicorn interrupt hook, reads its
 arguments from r3..r10 and writes its outputs to r3..r10.  Calls that complete at once (console,
 time, release) never leave the hook, so they cost a few microseconds.  Calls that must wait
-(EV_IDLE, FW_WAIT_STORE) or stop the machine return an :class:`~machine.vcpu.Exit`; the CPU's
+(EV_IDLE, FW_WAIT_STORE) or stop the machine return an :class:`~machine.cpu.vcpu.Exit`; the CPU's
 trio task then parks or acts on it.
 
 A token nobody knows gets EV_UNIMPLEMENTED in r3 and changes nothing else, as PLATFORM.md says.
@@ -12,10 +12,12 @@ A token nobody knows gets EV_UNIMPLEMENTED in r3 and changes nothing else, as PL
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
+from machine.cpu.vcpu import Exit, ExitKind, VCpu, pack_bytes_be, unpack_bytes_be
 from machine.events import Hypercall, ParkReason
 from machine.platform import (
     BYTE_CHANNEL_MAX,
@@ -23,7 +25,6 @@ from machine.platform import (
     EvStatus,
     Hcall,
 )
-from machine.vcpu import Exit, ExitKind, VCpu, pack_bytes_be, unpack_bytes_be
 
 _R11 = 11
 
@@ -36,8 +37,17 @@ class Park:
     reason: ParkReason
     address: int | None = None
     expected: int | None = None
-    #: CpuParked was already emitted (when the wait began with a poll, machine/pollwait.py).
+    #: CpuParked was already emitted (the wait began inside the slice and was then kicked).
     announced: bool = False
+
+
+class Parked(enum.Enum):
+    """FW_WAIT_STORE parked the CPU inside its slice."""
+
+    PARKED = "parked"
+
+
+PARKED: Final = Parked.PARKED
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +77,10 @@ class Services(Protocol):
 
     def now_ns(self) -> int: ...
 
-    def wait_store_in_slice(self, cpu: VCpu, addr: int, expected: int) -> int | None:
-        """Park on the word without leaving the slice; the new value once a store changed it,
-        or None when the CPU must park through its trio task instead."""
+    def wait_store_in_slice(self, cpu: VCpu, addr: int, expected: int) -> int | Parked | None:
+        """Park on the word inside the slice (the scheduler's :class:`Wait`): PARKED; the
+        word's value if it already differs; None when the CPU must park through its trio
+        task instead (a release is latched for it)."""
         ...
 
     def hypercall_event(self, event: Hypercall) -> None: ...
@@ -138,13 +149,12 @@ def _wait_store(svc: Services, cpu: VCpu) -> Exit | None:
         _status(cpu, EvStatus.EFAULT if addr % 4 == 0 else EvStatus.EINVAL)
         return None
     value = svc.wait_store_in_slice(cpu, addr, expected)
-    if cpu.poll_begun:
-        return None  # the poll code goes on with the call (machine/pollwait.py)
-    if value is not None:
+    if value is PARKED:
+        return None  # the scheduler resumes it with r3/r4 set once a store wakes it
+    if isinstance(value, int):
         _status(cpu, EvStatus.SUCCESS, r4=value)
         return None
-    return Exit(ExitKind.PARK, _resume_pc(cpu),
-                Park(ParkReason.WAIT_STORE, addr, expected, announced=cpu.called_from_poll))
+    return Exit(ExitKind.PARK, _resume_pc(cpu), Park(ParkReason.WAIT_STORE, addr, expected))
 
 
 def _poweroff(svc: Services, cpu: VCpu) -> Exit | None:
@@ -193,7 +203,6 @@ def _resume_pc(cpu: VCpu) -> int:
 def dispatch(svc: Services, cpu: VCpu, trace: bool) -> Exit | None:
     """Run the hypercall whose token is in r11 on ``cpu``."""
     token = cpu.gpr(_R11)
-    trace = trace and not cpu.called_from_poll  # the same call again, not a new one
     entry = HANDLERS.get(token)
     if entry is None:
         cpu.set_gpr(3, int(EvStatus.UNIMPLEMENTED))
@@ -205,9 +214,11 @@ def dispatch(svc: Services, cpu: VCpu, trace: bool) -> Exit | None:
         return None
     handler, nargs = entry
     args = tuple(cpu.gpr(3 + i) for i in range(nargs)) if trace else ()
+    cpu.parked_in_slice = False
     result = handler(svc, cpu)
     if trace:
-        pending = cpu.poll_begun or (result is not None and result.kind is ExitKind.PARK)
+        pending = result is not None and result.kind is ExitKind.PARK
+        pending = pending or (token == Hcall.FW_WAIT_STORE and cpu.parked_in_slice)
         status = None if pending else cpu.gpr(3)
         svc.hypercall_event(
             Hypercall(time=svc.event_time(), cpu=cpu.index, token=token, name=name_of(token),

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from machine.pollwait import POLL_PROGRAM, POLL_SOURCE, PollSlots
 
 from machine import board
 from machine.asm import assemble
 from machine.events import CpuParked, CpuReleased, CpuWoken, ParkReason
 from machine.platform import POLL_CODE_BASE
-from machine.pollwait import POLL_PROGRAM, POLL_SOURCE, PollSlots
 
 from .guests import Boot, boot
 

@@ -1,0 +1,439 @@
+"""The machine's one CPU engine: a unicorn e500v2 instance that every vCPU runs in, in turn.
+
+Why one engine, and not one per vCPU on threads of their own: unicorn is QEMU's TCG built
+without its parallel mode, so ``stwcx.`` is a compare-then-store that is not atomic across
+engines (two CPUs lost 40 % of their ``lwarx``/``stwcx.`` increments), and each engine keeps
+its own translated code, which stores made by another engine never invalidate.  QEMU itself runs
+32-bit PowerPC guests on one thread.  With one engine, a store by any vCPU invalidates the
+code every vCPU runs, and ``stwcx.`` is atomic because only one vCPU runs at a time and it is
+never preempted inside an instruction (below).
+
+**Preemption only between blocks.**  unicorn normally checks for a stop request after every
+memory access inside a translated block; a stop landing between ``stwcx.``'s store and its CR
+update restarts the ``stwcx.`` (an increment counted twice), and one after an MMIO store repeats
+the device write.  With ``uc_struct.no_exit_request`` set before anything is translated, the
+only check is the one at the start of every block, so an asynchronous stop (the scheduler's
+quantum, a kick) always lands between blocks.  What unicorn used that mid-block check for is
+handled here instead:
+
+* an access to an unmapped address is reported from its hook, where the PC and registers are
+  exact (the rest of the block still runs, but the machine stops at its end);
+* a store to the boot ROM is dropped by its hook and the block simply goes on;
+* debugger breakpoints, watchpoints and single steps need the exact stop, so while a debugger
+  has any of them set the flag is cleared (and translated code dropped).
+
+Everything here runs on the scheduler's worker thread, except :meth:`stop`, which any thread
+may call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, cast
+
+from unicorn import (
+    UC_ERR_FETCH_UNMAPPED,
+    UC_ERR_READ_UNMAPPED,
+    UC_ERR_WRITE_PROT,
+    UC_ERR_WRITE_UNMAPPED,
+    UC_HOOK_CODE,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ,
+    UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE,
+    UC_HOOK_MEM_WRITE_PROT,
+    UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_READ_UNMAPPED,
+    UC_MEM_WRITE,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UcError,
+)
+from unicorn.ppc_const import UC_PPC_REG_MSR
+
+from machine.cpu.layout import Layout, env_address, layout, new_engine
+from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu, Watch, WatchHit
+from machine.events import FaultKind
+from machine.memory import GuestRAM
+from machine.platform import (
+    FWCFG_BASE,
+    HCALL_INSN,
+    PAGE_SIZE,
+    ROM_BASE,
+    ROM_SIZE,
+    SC_LEV0_INSN,
+    SPR_SRR0,
+    SPR_SRR1,
+)
+
+_RAM_MAP_CHUNK = 16 * 1024 * 1024
+#: emu_start's "until" address: odd, so no instruction fetch ever reaches it.
+_RUN_FOREVER = 0xFFFF_FFFF
+_SPR_IVPR = 63
+_SPR_IVOR8 = 408
+_MSR_KEEP_ON_INTERRUPT = 0x0002_1200  # CE | ME | DE survive interrupt entry (Book E)
+_INTNO_SC = 8
+_INTNO_PROGRAM = 6
+_INTNO_ILLEGAL = 96
+
+
+class Host(Protocol):
+    """What the engine needs from the machine while a vCPU runs (worker thread)."""
+
+    def mmio_read(self, cpu: VCpu, offset: int, size: int) -> int: ...
+
+    def mmio_write(self, cpu: VCpu, offset: int, size: int, value: int) -> None: ...
+
+    def hypercall(self, cpu: VCpu) -> Exit | None:
+        """Handle ``sc 1``; return an Exit to end the slice, or None to continue."""
+        ...
+
+    def store(self, cpu: VCpu, addr: int, data: bytes) -> None:
+        """Land a store into a watched page (and wake whom it concerns)."""
+        ...
+
+
+class Engine:
+    """The unicorn instance, its memory map and hooks, and the vCPU loaded in it."""
+
+    def __init__(self, ram: GuestRAM, rom_address: int, host: Host) -> None:
+        self.layout: Layout = layout()
+        self.ram = ram
+        self.host = host
+        self.uc = uc = new_engine()
+        handle = int(cast(Any, uc)._uch.value)
+        self._no_exit = ctypes.c_bool.from_address(handle + self.layout.no_exit_request)
+        self._no_exit.value = True  # before anything is translated (module docstring)
+        self.env = env_address(uc, self.layout)
+        self._rom_address = rom_address
+        # RAM is mapped as 16 MiB regions of the same host buffer: write-protecting a watched
+        # page splits the region that holds it, and unicorn's split costs time proportional
+        # to the region (150 ms for one 3 GiB region, under 1 ms for 16 MiB).
+        for off in range(0, ram.size, _RAM_MAP_CHUNK):
+            uc.mem_map_ptr(ram.base + off, min(_RAM_MAP_CHUNK, ram.size - off), UC_PROT_ALL,
+                           ram.address + off)
+        uc.mem_map_ptr(ROM_BASE, ROM_SIZE, UC_PROT_READ | UC_PROT_EXEC, rom_address)
+        uc.mmio_map(FWCFG_BASE, PAGE_SIZE, self._mmio_read, None, self._mmio_write, None)
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        # Range-limited to everything above RAM (RAM starts at 0, so that is all that can be
+        # unmapped): an unlimited UNMAPPED hook sends every store to unicorn's slow path.
+        uc.hook_add(
+            UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
+            self._on_unmapped, begin=ram.base + ram.size, end=0xFFFF_FFFF,
+        )
+        uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_rom_write, begin=ROM_BASE,
+                    end=ROM_BASE + ROM_SIZE - 1)
+        #: The reset state every vCPU context starts from.
+        self.template = ctypes.create_string_buffer(self.layout.env_size)
+        ctypes.memmove(self.template, self.env, self.layout.env_size)
+        self.current: VCpu | None = None
+        self._lock = threading.Lock()
+        self._watched: set[int] = set()
+        self._pending_watches: set[int] = set()
+        self._stale_code: list[tuple[int, int]] = []
+        self._exit: Exit | None = None
+        self._rom_store = False
+        self._bp_hooks: dict[int, int] = {}
+        self._wp_hooks: dict[Watch, int] = {}
+        self._debug_mode = False
+        self.closed = False
+
+    # --- contexts --------------------------------------------------------------------------
+
+    def new_vcpu(self, index: int) -> VCpu:
+        return VCpu(index, self.layout, ctypes.addressof(self.template))
+
+    def load(self, cpu: VCpu) -> None:
+        """Make ``cpu`` the one the engine runs (saving the one loaded before)."""
+        if self.current is cpu:
+            return
+        if self.current is not None:
+            self.save()
+        for off, length in self.layout.context_ranges:
+            ctypes.memmove(self.env + off, cpu.saved_base + off, length)
+        cpu.move_to(self.env)
+        self.current = cpu
+        if cpu.msr_dirty:
+            cpu.msr_dirty = False
+            self.uc.reg_write(UC_PPC_REG_MSR, cpu.msr)  # recomputes hflags and MMU index
+
+    def save(self) -> None:
+        cpu, self.current = self.current, None
+        if cpu is None:
+            return
+        for off, length in self.layout.context_ranges:
+            ctypes.memmove(cpu.saved_base + off, self.env + off, length)
+        cpu.move_to(cpu.saved_base)
+
+    # --- running ---------------------------------------------------------------------------
+
+    def run(self, cpu: VCpu, pc: int) -> Exit | None:
+        """Run the loaded ``cpu`` from ``pc`` until a hook ends the slice or :meth:`stop`.
+
+        Returns the Exit a hook asked for, or None when the slice was merely stopped (the
+        scheduler's quantum, a wake-up, a kick): then ``cpu.nip`` is where it resumes."""
+        assert self.current is cpu
+        self._apply_pending()
+        self._apply_debug(cpu, pc)
+        self._exit = None
+        self._rom_store = False
+        err: UcError | None = None
+        try:
+            self.uc.emu_start(pc, _RUN_FOREVER, 0, 1 if cpu.debug.step else 0)
+        except UcError as e:
+            err = e
+        here = cpu.nip
+        self._undo_watched_store(cpu)
+        if self._exit is not None:
+            return self._exit
+        if err is not None and not (err.errno == UC_ERR_WRITE_PROT and self._rom_store):
+            kind = {
+                UC_ERR_READ_UNMAPPED: FaultKind.READ_UNMAPPED,
+                UC_ERR_WRITE_UNMAPPED: FaultKind.WRITE_UNMAPPED,
+                UC_ERR_FETCH_UNMAPPED: FaultKind.FETCH_UNMAPPED,
+            }.get(err.errno, FaultKind.ENGINE)
+            return Exit(ExitKind.FAULT, here, Fault(kind, here, None, cpu.snapshot(here)))
+        if cpu.debug.step:
+            return Exit(ExitKind.STEP, here)
+        return None
+
+    def stop(self) -> None:
+        """End the running slice at the next block boundary (any thread)."""
+        self.uc.emu_stop()
+
+    def stop_with(self, exit_: Exit) -> None:
+        """From a hook: end the slice with ``exit_``."""
+        if self._exit is None:
+            self._exit = exit_
+        self.uc.emu_stop()
+
+    # --- watched pages and code the host overwrote -----------------------------------------
+
+    def watch_page(self, page: int) -> bool:
+        """Report guest stores to ``page`` through ``Host.store`` from the next slice on;
+        True if that is already so."""
+        with self._lock:
+            if page in self._watched:
+                return True
+            self._pending_watches.add(page)
+            return False
+
+    def forget_code(self, start: int, end: int) -> None:
+        """Drop translated code for ``[start, end)`` before the next slice (any thread).
+        fw_cfg DMA and host writes change RAM behind unicorn's back; a guest store does not
+        need this (unicorn catches stores over translated code itself)."""
+        if end > start:
+            with self._lock:
+                self._stale_code.append((start, end))
+                if len(self._stale_code) > 64:
+                    lo = min(s for s, _ in self._stale_code)
+                    hi = max(e for _, e in self._stale_code)
+                    self._stale_code = [(lo, hi)]
+
+    def drop_code(self, start: int, end: int) -> None:
+        """``ctl_remove_cache`` now (worker thread), piece by piece: unicorn translates only
+        the start of the range and assumes the rest follows it in its RAM-block space, which
+        is not so across the 16 MiB mappings' edges nor around a watched page."""
+        if end <= start:
+            return
+        with self._lock:
+            watched = [p for p in self._watched if start < p + PAGE_SIZE and p < end]
+        cuts = set(range((start // _RAM_MAP_CHUNK + 1) * _RAM_MAP_CHUNK, end, _RAM_MAP_CHUNK))
+        cuts.update(edge for p in watched for edge in (p, p + PAGE_SIZE))
+        points = sorted({start, end} | {c for c in cuts if start < c < end})
+        for lo, hi in itertools.pairwise(points):
+            self.uc.ctl_remove_cache(lo, hi)
+
+    def _apply_pending(self) -> None:
+        with self._lock:
+            pages, self._pending_watches = self._pending_watches, set()
+            stale, self._stale_code = self._stale_code, []
+        for page in sorted(pages):
+            # Read-only in the engine's view: the store faults into _on_watched_write, which
+            # completes it.  Only this page is slowed; the hook is limited to its range.
+            self.uc.mem_protect(page, PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+            self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_watched_write, begin=page,
+                             end=page + PAGE_SIZE - 1)
+            with self._lock:
+                self._watched.add(page)
+        for start, end in stale:
+            self.drop_code(start, end)
+
+    # --- debugger support ------------------------------------------------------------------
+    # Breakpoints and watchpoints are the same for every vCPU (gdb sets them per process);
+    # hooks are limited to their address ranges, so a machine without them pays nothing.
+
+    def _apply_debug(self, cpu: VCpu, pc: int) -> None:
+        d = cpu.debug
+        uc: Any = self.uc
+        for addr in set(self._bp_hooks) - d.breakpoints:
+            uc.hook_del(self._bp_hooks.pop(addr))
+            uc.ctl_remove_cache(addr, addr + 4)
+        for addr in d.breakpoints - set(self._bp_hooks):
+            self._bp_hooks[addr] = uc.hook_add(UC_HOOK_CODE, self._on_breakpoint, begin=addr,
+                                               end=addr)
+            uc.ctl_remove_cache(addr, addr + 4)
+        for w in set(self._wp_hooks) - d.watchpoints:
+            uc.hook_del(self._wp_hooks.pop(w))
+            uc.ctl_flush_tb()
+        for w in d.watchpoints - set(self._wp_hooks):
+            kinds = (UC_HOOK_MEM_WRITE if w.write else 0) | (UC_HOOK_MEM_READ if w.read else 0)
+            self._wp_hooks[w] = uc.hook_add(kinds, self._on_watch, user_data=w,
+                                            begin=w.address, end=w.address + w.length - 1)
+            uc.ctl_flush_tb()
+        # Exact stops need unicorn's mid-block check (module docstring): translate with it
+        # while a debugger has anything set, without it otherwise.
+        debug_mode = bool(self._bp_hooks or self._wp_hooks or d.step)
+        if debug_mode != self._debug_mode:
+            self._debug_mode = debug_mode
+            self._no_exit.value = not debug_mode
+            uc.ctl_flush_tb()
+        elif d.step:
+            uc.ctl_flush_tb()  # a step is counted by instrumentation added at translation
+        d.start_pc = pc if d.step else -1
+        # A watchpoint stops the slice after the store reached memory but before the
+        # instruction finished; resuming re-executes it, and that first access must not
+        # report the same hit again.
+        d.skip_watch_pc, d.watch_pc = (pc if d.watch_pc == pc else -1), -1
+
+    def _on_breakpoint(self, uc: Any, address: int, size: int, _ud: Any) -> None:
+        cpu = self.current
+        assert cpu is not None
+        if address == cpu.debug.start_pc:
+            cpu.debug.start_pc = -1
+            return  # a step always executes the instruction it starts on
+        if address in cpu.debug.breakpoints:
+            self.stop_with(Exit(ExitKind.BREAKPOINT, address))
+
+    def _on_watch(self, uc: Any, access: int, address: int, size: int, value: int,
+                  w: Watch) -> None:
+        cpu = self.current
+        assert cpu is not None
+        pc = cpu.nip  # precise in memory hooks: the accessing instruction
+        d = cpu.debug
+        if pc == d.skip_watch_pc:
+            d.skip_watch_pc = -1
+            return
+        if self._exit is None:
+            d.watch_pc = pc
+            if access == UC_MEM_WRITE and self.ram.contains(address, size):
+                d.undo = (address, self.ram.read(address, size))
+            self.stop_with(Exit(ExitKind.WATCHPOINT, pc, WatchHit(w, address)))
+
+    def _undo_watched_store(self, cpu: VCpu) -> None:
+        """The engine stops right after the watched store reached memory, with the rest of
+        the instruction not done.  Putting the old bytes back makes the instruction "not
+        executed yet", which is what gdb expects of PowerPC watchpoints."""
+        undo, cpu.debug.undo = cpu.debug.undo, None
+        if undo is not None:
+            addr, old = undo
+            off = addr - self.ram.base
+            self.ram.view[off : off + len(old)] = old
+
+    # --- hooks (worker thread) -------------------------------------------------------------
+
+    def _mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
+        assert self.current is not None
+        return self.host.mmio_read(self.current, offset, size)
+
+    def _mmio_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
+        assert self.current is not None
+        self.host.mmio_write(self.current, offset, size, value)
+
+    def _on_interrupt(self, uc: Any, intno: int, _ud: Any) -> None:
+        cpu = self.current
+        assert cpu is not None
+        pc = cpu.nip  # the instruction after the one that trapped
+        cpu.hcall_pc = pc
+        insn = self.fetch_word(pc - 4)
+        if intno == _INTNO_SC and insn == HCALL_INSN:
+            result = self.host.hypercall(cpu)
+            if result is not None:
+                self.stop_with(result)
+            return
+        if intno == _INTNO_SC and insn == SC_LEV0_INSN and self._deliver(cpu, pc, _SPR_IVOR8):
+            return
+        kind = {
+            _INTNO_SC: FaultKind.SYSTEM_CALL,
+            _INTNO_ILLEGAL: FaultKind.ILLEGAL_INSTRUCTION,
+            _INTNO_PROGRAM: FaultKind.PROGRAM,
+        }.get(intno, FaultKind.EXCEPTION)
+        self.stop_with(Exit(ExitKind.FAULT, pc - 4,
+                            Fault(kind, pc - 4, None, cpu.snapshot(pc - 4))))
+
+    def _deliver(self, cpu: VCpu, return_pc: int, ivor: int) -> bool:
+        """Enter the guest's own interrupt handler, as the hardware would: SRR0/SRR1 saved,
+        MSR cleared except CE/ME/DE, PC = IVPR | IVORn.  False when no handler is set."""
+        ivpr = cpu.read_spr(_SPR_IVPR)
+        offset = cpu.read_spr(ivor)
+        if ivpr == 0 and offset == 0:
+            return False
+        msr = cpu.msr
+        cpu.write_spr(SPR_SRR0, return_pc)
+        cpu.write_spr(SPR_SRR1, msr)
+        self.uc.reg_write(UC_PPC_REG_MSR, msr & _MSR_KEEP_ON_INTERRUPT)
+        cpu.set_nip((ivpr & 0xFFFF_0000) | (offset & 0xFFF0))
+        return True
+
+    def _on_unmapped(self, uc: Any, access: int, address: int, size: int, value: int,
+                     _ud: Any) -> bool:
+        # The PC and registers are exact here (unicorn syncs them before calling the hook);
+        # the block runs on to its end (module docstring), so the report is taken now.
+        cpu = self.current
+        assert cpu is not None
+        pc = cpu.nip
+        kind = {
+            UC_MEM_READ_UNMAPPED: FaultKind.READ_UNMAPPED,
+            UC_MEM_FETCH_UNMAPPED: FaultKind.FETCH_UNMAPPED,
+        }.get(access, FaultKind.WRITE_UNMAPPED)
+        self.stop_with(Exit(ExitKind.FAULT, pc, Fault(kind, pc, address, cpu.snapshot(pc))))
+        return False
+
+    def _on_rom_write(self, uc: Any, access: int, address: int, size: int, value: int,
+                      _ud: Any) -> bool:
+        # Returning False drops the store, as QEMU ignores writes to a ROM region; unicorn
+        # then ends the slice at the end of the block, and the CPU resumes where it stopped.
+        self._rom_store = True
+        return False
+
+    def _on_watched_write(self, uc: Any, access: int, address: int, size: int, value: int,
+                          _ud: Any) -> bool:
+        assert self.current is not None
+        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "big")
+        self.host.store(self.current, address, data)
+        return True
+
+    def fetch_word(self, addr: int) -> int:
+        """The instruction word at ``addr``: straight from RAM or ROM (no engine call)."""
+        if self.ram.contains(addr, 4):
+            off = addr - self.ram.base
+            return int.from_bytes(self.ram.view[off : off + 4], "big")
+        if ROM_BASE <= addr <= ROM_BASE + ROM_SIZE - 4:
+            return int.from_bytes(ctypes.string_at(self._rom_address + addr - ROM_BASE, 4), "big")
+        return 0
+
+    def close(self, cpus: list[VCpu]) -> None:
+        """Free the engine (its translation buffers are megabytes; unicorn's hook callbacks
+        make it a reference cycle the collector would free only later).  Register access
+        on ``cpus`` fails loudly afterwards instead of reading freed memory."""
+        if self.closed:
+            return
+        self.save()
+        self.closed = True
+        for cpu in cpus:
+            cpu.closed = True
+        engine: Any = self.uc
+        engine._callbacks.clear()
+        engine._mmio_callbacks.clear()
+        finalize = getattr(engine, "_Uc__finalizer", None)
+        if finalize is not None:
+            finalize()
+
+
+Callback = Callable[[], None]

@@ -1,0 +1,336 @@
+"""The vCPU scheduler: one worker thread runs a machine's runnable vCPUs in its one engine.
+
+The trio side of each vCPU asks for a *slice* with ``await cpu.run(pc)`` and gets back an
+:class:`~machine.cpu.vcpu.Exit` once something needs trio (power-off, a fault, a debugger
+stop, a park it must handle, a kick).  Between those, the worker thread round-robins the
+vCPUs that have a slice, each for at most :data:`QUANTUM_S`, swapping their contexts in and
+out of the engine; a quantum that ends is invisible to trio.
+
+* **Parking is "not runnable".**  A vCPU parked inside its slice (FW_WAIT_STORE) leaves the run
+  queue; the store, release or input that concerns it puts it back (:meth:`Scheduler.wake`).
+  With no runnable vCPU the worker sleeps on a condition: zero host CPU, nothing polls.
+* **A wake-up on the worker thread is a switch, not a thread hand-off.**  A guest store that
+  releases a parked vCPU (a hook on the worker thread) puts it at the head of the queue and ends
+  the storing vCPU's quantum at its next block boundary, so the released vCPU runs next.
+* **Preemption** comes from one process-wide :class:`Preempter` thread that sleeps until the
+  earliest quantum of any machine with more than one runnable vCPU ends, and stops that engine
+  (between blocks: see :mod:`machine.cpu.engine`).  A stop issued just before the engine
+  entered its loop would be forgotten by unicorn, so every stop is re-issued until the slice
+  it aimed at has ended.
+* **Cancellation**: ``run`` parks its task with ``wait_task_rescheduled``; the abort kicks the
+  vCPU, and the Cancelled is delivered once its slice has really ended, so a cancelled
+  machine never leaves a vCPU running behind trio's back.
+
+Several machines in one process each have their own worker, so they run in parallel.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import outcome
+import trio
+
+from machine.cpu.engine import Engine
+from machine.cpu.vcpu import Exit, ExitKind, VCpu
+
+#: How long a vCPU runs while others are runnable (Linux's call-in timeouts, RCU and
+#: watchdogs expect every CPU to progress within a few milliseconds, even at -smp 8).
+QUANTUM_S = 0.001
+#: How soon a stop that may have been lost is issued again.
+_RESTOP_S = 0.0005
+
+
+@dataclass(eq=False)
+class Wait:
+    """A vCPU parked inside its slice.  ``on_kick`` gives the Exit its trio task gets when
+    the machine stops it instead (then the task parks it the slow way)."""
+
+    resume_pc: int
+    on_kick: Callable[[VCpu], Exit]
+
+
+class _Slot:
+    __slots__ = ("action", "kicked", "pc", "queued", "task", "token", "waiting")
+
+    def __init__(self) -> None:
+        self.task: Any = None  # the trio task awaiting this vCPU's slice
+        self.token: trio.lowlevel.TrioToken | None = None
+        self.pc = 0
+        self.queued = False
+        self.kicked = False
+        self.waiting: Wait | None = None
+        #: Run on the worker just before the vCPU resumes after a wake-up; may return a PC.
+        self.action: Callable[[VCpu], int | None] | None = None
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, cpus: list[VCpu], name: str = "fwcfg-e500") -> None:
+        self.engine = engine
+        self.cpus = cpus
+        self._slots = {cpu: _Slot() for cpu in cpus}
+        self._cv = threading.Condition()
+        self._runq: deque[VCpu] = deque()
+        self._current: VCpu | None = None
+        self._slice = 0
+        self._closed = False
+        self.switches = 0
+        self.switch_ns = 0
+        for cpu in cpus:
+            self._bind(cpu)
+        self._thread = threading.Thread(target=self._loop, name=f"{name} vcpus", daemon=True)
+        self._thread.start()
+
+    def _bind(self, cpu: VCpu) -> None:
+        ref = weakref.ref(self)
+
+        async def run(pc: int) -> Exit:
+            me = ref()
+            if me is None:
+                raise RuntimeError("the machine is closed")
+            return await me.run(cpu, pc)
+
+        def kick() -> None:
+            me = ref()
+            if me is not None:
+                me.kick(cpu)
+
+        cpu.run = run  # type: ignore[method-assign]
+        cpu.kick = kick  # type: ignore[method-assign]
+
+    # --- the trio side ---------------------------------------------------------------------
+
+    async def run(self, cpu: VCpu, pc: int) -> Exit:
+        """Give ``cpu`` a slice from ``pc``; its Exit once something needs trio."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise RuntimeError(f"cpu {cpu.index} is closed: its machine was closed")
+        slot = self._slots[cpu]
+        with self._cv:
+            slot.task = trio.lowlevel.current_task()
+            slot.token = trio.lowlevel.current_trio_token()
+            slot.pc = pc
+            slot.kicked = False
+            cpu._in_slice = True
+            self._enqueue(cpu, front=False)
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            self.kick(cpu)
+            return trio.lowlevel.Abort.FAILED
+
+        result: Exit = await trio.lowlevel.wait_task_rescheduled(abort)
+        cpu.pc = result.pc
+        cpu.slices += 1
+        return result
+
+    def kick(self, cpu: VCpu) -> None:
+        """End ``cpu``'s slice as soon as possible, with ExitKind.KICKED (any thread)."""
+        slot = self._slots[cpu]
+        with self._cv:
+            if slot.task is None:
+                return
+            slot.kicked = True
+            if self._current is cpu:
+                self._stop_current()
+            elif slot.queued:
+                self._runq.remove(cpu)
+                slot.queued = False
+                self._deliver(cpu, Exit(ExitKind.KICKED, slot.pc))
+            elif slot.waiting is not None:
+                wait, slot.waiting = slot.waiting, None
+                self._deliver(cpu, wait.on_kick(cpu))
+
+    # --- parking and waking (hooks on the worker thread, or any thread) ---------------------
+
+    def park(self, cpu: VCpu, wait: Wait) -> None:
+        """From ``cpu``'s own hook: it is not runnable until :meth:`wake` (or a kick)."""
+        slot = self._slots[cpu]
+        with self._cv:
+            slot.waiting = wait
+            slot.pc = wait.resume_pc
+        self.engine.stop()
+
+    def wake(self, cpu: VCpu, wait: Wait, action: Callable[[VCpu], int | None]) -> bool:
+        """Make ``cpu`` runnable again if it is still parked in ``wait``; ``action`` runs on
+        the worker just before it resumes.  False if that wait is over already."""
+        slot = self._slots[cpu]
+        with self._cv:
+            if slot.waiting is not wait:
+                return False
+            slot.waiting = None
+            slot.action = action
+            if self._current is not cpu:  # else the end of its slice queues it
+                self._enqueue(cpu, front=True)
+            if self._current is not None and self._current is not cpu:
+                self._stop_current()  # the woken vCPU runs next
+            return True
+
+    def pc_of(self, cpu: VCpu) -> int:
+        """Where ``cpu`` is (for messages): its PC if it runs, where it resumes if not."""
+        slot = self._slots[cpu]
+        if slot.task is None:
+            return cpu.pc
+        return cpu.nip if self._current is cpu else slot.pc
+
+    def preempt_now(self) -> None:
+        """End the running slice at its next block boundary (any thread)."""
+        with self._cv:
+            if self._current is not None:
+                self._stop_current()
+
+    def waiting(self, cpu: VCpu) -> Wait | None:
+        return self._slots[cpu].waiting
+
+    @property
+    def busy(self) -> bool:
+        """Some vCPU is running or runnable."""
+        return self._current is not None or bool(self._runq)
+
+    def preempt(self, slice_id: int) -> None:
+        """The quantum of slice ``slice_id`` ran out (the preempter's thread)."""
+        with self._cv:
+            if self._current is not None and self._slice == slice_id:
+                slot = self._slots[self._current]
+                if self._runq or slot.kicked:
+                    self._stop_current()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def statistics(self) -> dict[str, float]:
+        """Context switches so far and their mean cost (us)."""
+        n = self.switches
+        return {"switches": n, "switch_us": self.switch_ns / n / 1000 if n else 0.0}
+
+    # --- internals (the condition's lock held) ---------------------------------------------
+
+    def _enqueue(self, cpu: VCpu, *, front: bool) -> None:
+        slot = self._slots[cpu]
+        if slot.queued:
+            return
+        slot.queued = True
+        if front:
+            self._runq.appendleft(cpu)
+        else:
+            self._runq.append(cpu)
+        if self._current is not None:
+            PREEMPTER.arm(self, self._slice, QUANTUM_S)
+        self._cv.notify()
+
+    def _stop_current(self) -> None:
+        self.engine.stop()
+        PREEMPTER.arm(self, self._slice, _RESTOP_S)
+
+    def _deliver(self, cpu: VCpu, exit_: Exit) -> None:
+        slot = self._slots[cpu]
+        task, token = slot.task, slot.token
+        slot.task = slot.token = None
+        slot.kicked = False
+        cpu._in_slice = False
+        assert token is not None
+        try:
+            token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.Value(exit_))
+        except trio.RunFinishedError:
+            pass
+
+    # --- the worker thread -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        engine = self.engine
+        while True:
+            with self._cv:
+                while not self._runq and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    break
+                cpu = self._runq.popleft()
+                slot = self._slots[cpu]
+                slot.queued = False
+                self._current = cpu
+                self._slice += 1
+                if self._runq:
+                    PREEMPTER.arm(self, self._slice, QUANTUM_S)
+                action, slot.action = slot.action, None
+            if engine.current is not cpu:
+                t0 = time.perf_counter_ns()
+                engine.load(cpu)
+                self.switch_ns += time.perf_counter_ns() - t0
+                self.switches += 1
+            if action is not None and (pc := action(cpu)) is not None:
+                slot.pc = pc
+            exit_ = engine.run(cpu, slot.pc)
+            with self._cv:
+                self._current = None
+                if exit_ is not None:
+                    slot.pc = exit_.pc
+                    if slot.waiting is not None:  # the slice also parked: its exit wins
+                        slot.waiting = None
+                    self._deliver(cpu, exit_)
+                    continue
+                if slot.waiting is None and slot.action is None:
+                    slot.pc = cpu.nip  # else park() set it (parked, maybe woken already)
+                if slot.kicked:
+                    wait, slot.waiting = slot.waiting, None
+                    self._deliver(cpu, wait.on_kick(cpu) if wait is not None
+                                  else Exit(ExitKind.KICKED, slot.pc))
+                elif slot.waiting is None:
+                    self._enqueue(cpu, front=slot.action is not None)
+        engine.save()
+
+
+class Preempter:
+    """One thread for the process: stops engines whose quantum ran out.  Sleeps on a
+    condition while no machine has more than one runnable vCPU."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._heap: list[tuple[float, int, weakref.ref[Scheduler], int]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, sched: Scheduler, slice_id: int, delay: float) -> None:
+        deadline = time.monotonic() + delay
+        with self._cv:
+            earliest = self._heap[0][0] if self._heap else None
+            heapq.heappush(self._heap, (deadline, next(self._seq), weakref.ref(sched), slice_id))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="fwcfg-e500 preempt",
+                                                daemon=True)
+                self._thread.start()
+            elif earliest is None or deadline < earliest:
+                self._cv.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while True:
+                    if not self._heap:
+                        self._cv.wait()
+                        continue
+                    wait = self._heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cv.wait(wait)
+                _, _, ref, slice_id = heapq.heappop(self._heap)
+            sched = ref()
+            if sched is not None:
+                sched.preempt(slice_id)
+
+
+PREEMPTER = Preempter()

@@ -1,0 +1,270 @@
+"""One e500v2 vCPU: its saved context, and its registers wherever they live right now.
+
+A machine has one unicorn engine (:mod:`machine.cpu.engine`); a vCPU is the context the
+scheduler swaps into it.  While a vCPU is loaded its registers live in the engine's CPU state
+(``env``); otherwise in this object's buffer, laid out like ``env`` (the parts
+:attr:`Layout.context_ranges` names).  :attr:`VCpu.base` points at whichever holds them, so
+every accessor here is one ctypes access, valid from any thread, and never a call into the
+engine (which would give up the GIL).
+
+Writes to the MSR go to the field and are marked: QEMU derives the CPU's hflags and MMU index
+from the MSR, so the engine re-applies a written MSR through ``reg_write`` when it loads the
+vCPU (:meth:`Engine.load <machine.cpu.engine.Engine.load>`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from machine.cpu.layout import Layout
+from machine.events import CpuState, FaultKind
+from machine.platform import SPR_PIR, SPR_TBL_READ
+
+_XER_SO, _XER_OV, _XER_CA = 31, 30, 29
+
+
+class ExitKind(enum.Enum):
+    """Why a vCPU's slice ended, as its trio task sees it."""
+
+    KICKED = "kicked"  # the machine stopped the CPU (pause, shutdown, debugger)
+    PARK = "park"  # a hypercall asked to park the CPU through its trio task
+    POWEROFF = "poweroff"
+    RESET = "reset"
+    FAULT = "fault"
+    # --- debugger support ---
+    BREAKPOINT = "breakpoint"  # a debugger breakpoint, before the instruction at ``pc`` runs
+    WATCHPOINT = "watchpoint"  # a debugger watchpoint; ``request`` is the WatchHit
+    STEP = "step"  # a debugger single-step executed one instruction
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """The end of one slice; ``pc`` is where execution resumes."""
+
+    kind: ExitKind
+    pc: int
+    request: Any = None  # the hypercall's park request, the power-off code, or the fault
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    kind: FaultKind
+    pc: int
+    address: int | None
+    #: The registers at the faulting instruction, taken inside the engine's hook.
+    state: CpuState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """A debugger watchpoint: accesses to ``[address, address + length)``."""
+
+    address: int
+    length: int
+    read: bool
+    write: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WatchHit:
+    watch: Watch
+    address: int  # the accessed address
+
+
+@dataclass
+class DebugState:
+    """What a debugger asked of this vCPU (applied by the engine before its next slice)."""
+
+    breakpoints: frozenset[int] = frozenset()
+    watchpoints: frozenset[Watch] = frozenset()
+    step: bool = False
+    start_pc: int = -1
+    watch_pc: int = -1  # where the last watchpoint hit stopped the slice
+    skip_watch_pc: int = -1
+    undo: tuple[int, bytes] | None = None  # a watched store to take back
+
+
+class VCpu:
+    """A vCPU's context and register file.
+
+    The trio side drives it through :meth:`run` (handed to the machine's scheduler) and stops
+    it with :meth:`kick`; both are bound by the board when it builds the scheduler.
+    """
+
+    def __init__(self, index: int, layout: Layout, template: int) -> None:
+        self.index = index
+        self.layout = layout
+        self._buf = ctypes.create_string_buffer(layout.env_size)
+        ctypes.memmove(self._buf, template, layout.env_size)  # a freshly reset CPU's state
+        self.saved_base = ctypes.addressof(self._buf)
+        self.base = self.saved_base
+        self.msr_dirty = False
+        self.closed = False
+        #: Where the CPU resumes (the trio side's view; the engine's PC while it runs).
+        self.pc = 0
+        #: Where a hypercall returns to: the instruction after the ``sc 1`` being handled.
+        self.hcall_pc = 0
+        self.debug = DebugState()
+        #: The hypercall being handled parked the CPU inside its slice (for tracing).
+        self.parked_in_slice = False
+        #: Slices run, for the benchmarks.
+        self.slices = 0
+        self._rebind()
+        self.write_spr(SPR_PIR, index)
+
+    def _rebind(self) -> None:
+        lay, b = self.layout, self.base
+        self._gprs: Any = (ctypes.c_uint32 * 32).from_address(b)
+        self._sprs: Any = (ctypes.c_uint32 * 1024).from_address(b + lay.spr)
+        self._msr = ctypes.c_uint32.from_address(b + lay.msr)
+        self._nip = ctypes.c_uint32.from_address(b + lay.nip)
+        self._tb = ctypes.c_uint64.from_address(b + lay.spr + SPR_TBL_READ * 4)
+
+    def move_to(self, base: int) -> None:
+        """The engine moved the context (loaded into ``env``, or saved back)."""
+        self.base = base
+        self._rebind()
+
+    # --- registers -------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.closed:
+            raise RuntimeError(f"cpu {self.index} is closed: its machine was closed")
+
+    def gpr(self, n: int) -> int:
+        self._check()
+        return int(self._gprs[n])
+
+    def set_gpr(self, n: int, value: int) -> None:
+        self._check()
+        self._gprs[n] = value & 0xFFFF_FFFF
+
+    def set_gprs(self, values: dict[int, int]) -> None:
+        self._check()
+        g = self._gprs
+        for n, v in values.items():
+            g[n] = v & 0xFFFF_FFFF
+
+    def read_spr(self, n: int) -> int:
+        self._check()
+        return int(self._sprs[n])
+
+    def write_spr(self, n: int, value: int) -> None:
+        self._check()
+        self._sprs[n] = value & 0xFFFF_FFFF
+
+    @property
+    def msr(self) -> int:
+        self._check()
+        return int(self._msr.value)
+
+    def set_msr(self, value: int) -> None:
+        """Takes effect in the engine (hflags, MMU index) when the vCPU is next loaded."""
+        self._check()
+        self._msr.value = value & 0xFFFF_FFFF
+        self.msr_dirty = True
+
+    @property
+    def nip(self) -> int:
+        """The PC in the context (exact inside this vCPU's own hooks)."""
+        return int(self._nip.value)
+
+    def set_nip(self, value: int) -> None:
+        self._nip.value = value & 0xFFFF_FFFF
+
+    def _word(self, offset: int, count: int = 1) -> tuple[int, ...]:
+        return struct.unpack(f"={count}I", ctypes.string_at(self.base + offset, 4 * count))
+
+    def _set_word(self, offset: int, value: int) -> None:
+        ctypes.c_uint32.from_address(self.base + offset).value = value & 0xFFFF_FFFF
+
+    @property
+    def lr(self) -> int:
+        return self._word(self.layout.lr)[0]
+
+    @property
+    def ctr(self) -> int:
+        return self._word(self.layout.ctr)[0]
+
+    @property
+    def cr(self) -> int:
+        value = 0
+        for nibble in self._word(self.layout.crf, 8):
+            value = (value << 4) | (nibble & 0xF)
+        return value
+
+    @property
+    def xer(self) -> int:
+        xer, so, ov, ca = self._word(self.layout.xer, 4)
+        return xer | (so & 1) << _XER_SO | (ov & 1) << _XER_OV | (ca & 1) << _XER_CA
+
+    def set_lr(self, value: int) -> None:
+        self._set_word(self.layout.lr, value)
+
+    def set_ctr(self, value: int) -> None:
+        self._set_word(self.layout.ctr, value)
+
+    def set_cr(self, value: int) -> None:
+        for i in range(8):
+            self._set_word(self.layout.crf + 4 * i, value >> (28 - 4 * i) & 0xF)
+
+    def set_xer(self, value: int) -> None:
+        mask = 1 << _XER_SO | 1 << _XER_OV | 1 << _XER_CA
+        base = self.layout.xer
+        self._set_word(base, value & ~mask)
+        for i, bit in enumerate((_XER_SO, _XER_OV, _XER_CA)):
+            self._set_word(base + 4 * (i + 1), value >> bit & 1)
+
+    def set_timebase(self, ticks: int) -> None:
+        """TBU:TBL as one aligned 64-bit store, so a guest never sees a torn pair."""
+        self._tb.value = ticks & 0xFFFF_FFFF_FFFF_FFFF
+
+    def snapshot(self, pc: int | None = None) -> CpuState:
+        """GPRs, PC, MSR, LR, CTR, CR and XER."""
+        self._check()
+        return CpuState(cpu=self.index, pc=self.pc if pc is None else pc, msr=self.msr,
+                        lr=self.lr, ctr=self.ctr, cr=self.cr, xer=self.xer,
+                        gpr=tuple(int(v) for v in self._gprs))
+
+    # --- debugger requests (applied by the engine before this vCPU's next slice) --------
+
+    def set_breakpoints(self, addresses: frozenset[int]) -> None:
+        self.debug.breakpoints = addresses
+
+    def set_watchpoints(self, watches: frozenset[Watch]) -> None:
+        self.debug.watchpoints = watches
+
+    def set_step(self, step: bool) -> None:
+        """Make the next slice execute exactly one instruction and end with ExitKind.STEP."""
+        self.debug.step = step
+
+    # --- bound by the scheduler ------------------------------------------------------------
+
+    async def run(self, pc: int) -> Exit:  # pragma: no cover - replaced per instance
+        raise RuntimeError("this vCPU belongs to no machine")
+
+    def kick(self) -> None:  # pragma: no cover - replaced per instance
+        pass
+
+    @property
+    def running(self) -> bool:
+        """Inside a slice: handed to the scheduler and not yet given back."""
+        return self._in_slice
+
+    _in_slice = False
+
+
+def pack_bytes_be(data: bytes, words: int = 4) -> list[int]:
+    """Byte-channel packing: byte 0 is the most significant byte of the first register."""
+    padded = data.ljust(words * 4, b"\0")
+    return list(struct.unpack(f">{words}I", padded[: words * 4]))
+
+
+def unpack_bytes_be(regs: list[int], count: int) -> bytes:
+    return struct.pack(f">{len(regs)}I", *(r & 0xFFFF_FFFF for r in regs))[:count]
+
+
