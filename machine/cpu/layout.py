@@ -148,13 +148,14 @@ def _window(ranges: list[tuple[int, int]], p: int, limit: int = 0x40000) -> int:
     return 0
 
 
-def _find_env_path(uc: Uc) -> tuple[int, int]:
+def _env_paths(uc: Uc) -> set[tuple[int, int]]:
     handle = int(cast(Any, uc)._uch.value)
     ranges = _readable_ranges()
     span = _window(ranges, handle)
     if span < 8:
         raise EngineLayoutError("cannot read the unicorn engine structure")
     head = ctypes.string_at(handle, min(span, 0x4000))
+    found: list[tuple[int, int]] = []
     with _planted(uc) as pattern:
         for k in range(0, len(head) - 8, 8):
             (p,) = struct.unpack_from("=Q", head, k)
@@ -163,8 +164,17 @@ def _find_env_path(uc: Uc) -> tuple[int, int]:
                 continue
             j = ctypes.string_at(p, n).find(pattern)
             if j >= 0:
-                return k, j
-    raise EngineLayoutError(f"could not locate the CPU state inside unicorn; {_REQUIRED}")
+                found.append((j, k))
+    return {(k, j) for j, k in found}
+
+
+def _find_env_path(engines: list[Uc]) -> tuple[int, int]:
+    """The pointer slot that leads to the CPU state in every engine (other slots may lead
+    there by chance: an allocator arena the CPU happens to live in)."""
+    common = set.intersection(*(_env_paths(uc) for uc in engines))
+    if not common:
+        raise EngineLayoutError(f"could not locate the CPU state inside unicorn; {_REQUIRED}")
+    return min(common, key=lambda kj: kj[1])
 
 
 def _insn_mtspr(spr: int, rs: int) -> int:
@@ -298,7 +308,7 @@ def _check_no_exit_request(offset: int) -> None:
 def _discover() -> Layout:
     uc = new_engine()
     uc.mem_map(0, 0x10000)
-    env_path = _find_env_path(uc)
+    env_path = _find_env_path([uc, new_engine(), new_engine()])
     handle = int(cast(Any, uc)._uch.value)
     env = ctypes.c_uint64.from_address(handle + env_path[0]).value + env_path[1]
     spr = _find_spr(uc, env)
