@@ -86,7 +86,7 @@ class Scheduler:
         self.switch_ns = 0
         for cpu in cpus:
             self._bind(cpu)
-        self._thread = threading.Thread(target=self._loop, name=f"{name} vcpus", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"vcpus of {name}", daemon=True)
         self._thread.start()
 
     def _bind(self, cpu: VCpu) -> None:
@@ -135,18 +135,17 @@ class Scheduler:
         """End ``cpu``'s slice as soon as possible, with ExitKind.KICKED (any thread)."""
         slot = self._slots[cpu]
         with self._cv:
-            if slot.task is None:
+            if slot.task is None or slot.kicked:
                 return
             slot.kicked = True
             if self._current is cpu:
                 self._stop_current()
-            elif slot.queued:
+                return
+            # Only the worker moves contexts: it hands the vCPU back without running it.
+            if slot.queued:
                 self._runq.remove(cpu)
                 slot.queued = False
-                self._deliver(cpu, Exit(ExitKind.KICKED, slot.pc))
-            elif slot.waiting is not None:
-                wait, slot.waiting = slot.waiting, None
-                self._deliver(cpu, wait.on_kick(cpu))
+            self._enqueue(cpu, front=True)
 
     # --- parking and waking (hooks on the worker thread, or any thread) ---------------------
 
@@ -262,6 +261,9 @@ class Scheduler:
                 cpu = self._runq.popleft()
                 slot = self._slots[cpu]
                 slot.queued = False
+                if slot.kicked:  # kicked while queued or parked: handed back unrun
+                    self._hand_back(cpu, None)
+                    continue
                 self._current = cpu
                 self._slice += 1
                 if self._runq:
@@ -279,19 +281,32 @@ class Scheduler:
                 self._current = None
                 if exit_ is not None:
                     slot.pc = exit_.pc
-                    if slot.waiting is not None:  # the slice also parked: its exit wins
-                        slot.waiting = None
-                    self._deliver(cpu, exit_)
+                    slot.waiting = None  # if the slice also parked, its exit wins
+                    self._hand_back(cpu, exit_)
                     continue
                 if slot.waiting is None and slot.action is None:
                     slot.pc = cpu.nip  # else park() set it (parked, maybe woken already)
                 if slot.kicked:
-                    wait, slot.waiting = slot.waiting, None
-                    self._deliver(cpu, wait.on_kick(cpu) if wait is not None
-                                  else Exit(ExitKind.KICKED, slot.pc))
+                    self._hand_back(cpu, None)
                 elif slot.waiting is None:
                     self._enqueue(cpu, front=slot.action is not None)
         engine.save()
+
+    def _hand_back(self, cpu: VCpu, exit_: Exit | None) -> None:
+        """Give ``cpu`` back to its trio task (worker, lock held).  Its context leaves the
+        engine first: the trio side may then read and write its registers from its thread
+        while the worker runs other vCPUs."""
+        slot = self._slots[cpu]
+        if self.engine.current is cpu:
+            self.engine.save()
+        action, slot.action = slot.action, None
+        if action is not None and exit_ is None:  # woken, and kicked before it resumed
+            pc = action(cpu)
+            slot.pc = slot.pc if pc is None else pc
+        if exit_ is None:
+            wait, slot.waiting = slot.waiting, None
+            exit_ = wait.on_kick(cpu) if wait is not None else Exit(ExitKind.KICKED, slot.pc)
+        self._deliver(cpu, exit_)
 
 
 class Preempter:
