@@ -23,109 +23,53 @@ import ctypes
 import mmap
 import threading
 import time
-import uuid as uuidlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from fwcfg import ConfigError, DmaOp, DmaTransfer, FwCfgOption
+from fwcfg import DmaOp, DmaTransfer
 from machine.boot import images as boot
+from machine.config import MachineConfig, check_config
 from machine.cpu.engine import Engine
-from machine.cpu.scheduler import Scheduler, Wait
+from machine.cpu.scheduler import Scheduler
 from machine.cpu.timebase import Ticker, ticker
 from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu
 from machine.devices import hypercalls
 from machine.devices.console import Console
-from machine.devices.hypercalls import Park, PowerOffRequest
+from machine.devices.hypercalls import PowerOffRequest
+from machine.devices.parking import CpuSlot, Parking
 from machine.eventhub import EventHub
 from machine.events import (
-    CpuParked,
-    CpuReleased,
     CpuStarted,
-    CpuWoken,
     Event,
     FwCfgDma,
     FwCfgSelect,
     GuestFault,
     Hypercall,
-    ParkReason,
     PowerOff,
     Reset,
 )
 from machine.memory import GuestRAM
 from machine.platform import (
-    DEFAULT_RAM_SIZE,
     DIRECT_BOOT_STACK,
     EPAPR_MAGIC,
     FWCFG_SIZE,
-    MAX_CPUS,
-    MAX_RAM_SIZE,
-    MIN_CPUS,
-    MIN_RAM_SIZE,
-    PAGE_SIZE,
-    RAM_ALIGN,
     ROM_SIZE,
-    SECONDARY_IMA_SIZE,
-    SPIN_ENTRY_ADDR_LO,
-    SPIN_ENTRY_SIZE,
-    SPIN_HOLD,
     TIMEBASE_HZ,
     EvStatus,
-    SpinEntry,
     ima_size,
-    spin_entry_addr,
     spin_table_base,
 )
 
 if TYPE_CHECKING:
     from machine.debug.gdb_control import DebugControl  # debugger support (issue 6)
-    from machine.devices.watch import Waiter
 
 
-@dataclass(frozen=True)
-class MachineConfig:
-    """Everything that defines a machine; validated by :class:`E500Machine`."""
-
-    ram_size: int = DEFAULT_RAM_SIZE
-    smp: int = 1
-    kernel: Path | None = None
-    initrd: Path | None = None
-    append: str = ""
-    dtb: Path | None = None
-    bios: Path | None = None  # None: the bundled firmware
-    fw_cfg: Sequence[FwCfgOption] = ()
-    direct: bool = False
-    uuid: str | None = None
-    fwcfg_dma: bool = True
-    # --- public API (issue 5) ---
-    #: Write the boot timeline here as Chrome trace-event JSON (Perfetto, chrome://tracing).
-    trace_file: Path | None = None
-    #: Keep every event from power-on (``m.events.history``; streams and ``wait_for`` see
-    #: events that happened before they were called).
-    record_events: bool = False
 
 
-class _Slot:
-    """Per-CPU bookkeeping owned by the trio side."""
-
-    def __init__(self, cpu: VCpu) -> None:
-        self.cpu = cpu
-        self.parked: ParkReason | None = None
-        self.wake = trio.Event()
-        self.release: tuple[int, int] | None = None  # latched (entry, r3)
-        self.generation = 0
-        self.in_slice = False  # inside VCpu.run (handed to the scheduler)
-        self.input_pending = False  # console input arrived since the last EV_IDLE
-        #: What the CPU is parked in ("EV_IDLE", "FW_WAIT_STORE on 0x3000"); cleared when it
-        #: wakes normally, kept when a stop cancels the wait, so timeouts can say it.
-        self.waiting_in: str | None = None
-        self.lot = trio.lowlevel.ParkingLot()
-        #: FW_WAIT_STORE parked inside the slice: the scheduler's wait and the armed waiter.
-        self.wait: Wait | None = None
-        self.waiter: Waiter | None = None
 
 
 @dataclass
@@ -137,7 +81,7 @@ class RunResult:
     fault: GuestFault | None = None
 
 
-class E500Machine:
+class E500Machine(Parking):
     """A configured machine, ready to :meth:`run`.
 
     Build errors (bad sizes, unreadable or foreign files, a corrupt device tree) raise
@@ -150,7 +94,7 @@ class E500Machine:
         elif kwargs:
             raise TypeError("pass either a MachineConfig or keyword arguments, not both")
         self.config = config
-        _check_config(config)
+        check_config(config)
         self.n_cpus = config.smp
         self.ram_size = config.ram_size
         self.console = Console()
@@ -181,7 +125,7 @@ class E500Machine:
         self.engine = Engine(self.ram, ctypes.addressof(self._rom_anchor), _Host(self))
         self.cpus = [self.engine.new_vcpu(i) for i in range(self.n_cpus)]
         self.scheduler = Scheduler(self.engine, self.cpus)
-        self._slots = [_Slot(cpu) for cpu in self.cpus]
+        self._slots = [CpuSlot(cpu) for cpu in self.cpus]
         self.engine.watch_page(spin_table_base(self.ram_size))
         self._init_public_api()
 
@@ -338,7 +282,7 @@ class E500Machine:
 
     # --- the CPU tasks ---------------------------------------------------------------------
 
-    async def _cpu_main(self, slot: _Slot,
+    async def _cpu_main(self, slot: CpuSlot,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cpu = slot.cpu
         pc = self._power_on_state(slot)
@@ -384,7 +328,7 @@ class E500Machine:
         finally:
             slot.parked = None
 
-    def _power_on_state(self, slot: _Slot) -> int | None:
+    def _power_on_state(self, slot: CpuSlot) -> int | None:
         """Registers at power-on; returns the start PC, or None for a CPU the machine parks on
         its spin-table entry (direct boot secondaries)."""
         cpu, i = slot.cpu, slot.cpu.index
@@ -401,160 +345,6 @@ class E500Machine:
             return kernel.entry
         return None  # held on the entry written by _arm_spin_table
 
-    def _arm_spin_table(self) -> None:
-        """Direct boot: every secondary's entry holds it (entry_addr = 1, r3 = pir = index).
-
-        Written before any CPU task starts: CPU 0 may release a secondary within microseconds
-        of starting, and an entry armed after that store would swallow the release."""
-        for i in range(1, self.n_cpus):
-            self.ram.write(
-                spin_entry_addr(self.ram_size, i),
-                SpinEntry.build(dict(entry_addr=SPIN_HOLD, r3=i, reserved=0, pir=i,
-                                     pad=bytes(8))),
-            )
-
-    async def _spin_table_park(self, slot: _Slot) -> int:
-        """Hold a CPU on its spin-table entry until a store clears bit 0 of entry_addr."""
-        i = slot.cpu.index
-        entry = spin_entry_addr(self.ram_size, i)
-        word = entry + SPIN_ENTRY_ADDR_LO
-        first = True
-        while True:
-            value = self.watch.read_u32(word)
-            if not value & SPIN_HOLD:
-                break
-            woke = await self._wait_word(slot, word, value, ParkReason.SPIN_TABLE,
-                                         pc=0, announce=first)
-            first = False
-            if woke == "release":
-                pc = self._take_release(slot)
-                assert pc is not None
-                return pc
-        fields = SpinEntry.parse(self.ram.read(entry, SPIN_ENTRY_SIZE))
-        r3 = fields.r3 & 0xFFFF_FFFF
-        target = fields.entry_addr & 0xFFFF_FFFF
-        _enter_as_secondary(slot.cpu, r3)
-        self.events.emit(CpuReleased(time=self.now(), cpu=i, entry=target, r3=r3,
-                                     by="spin-table"))
-        return target
-
-    async def _park(self, slot: _Slot, req: Park, pc: int) -> int:
-        """Park a CPU for EV_IDLE or FW_WAIT_STORE; returns where it resumes."""
-        released = self._take_release(slot)
-        if released is not None:
-            return released
-        if req.reason is ParkReason.IDLE:
-            woke = await self._wait_event(slot, ParkReason.IDLE, pc)
-            if woke == "release":
-                released = self._take_release(slot)
-                if released is not None:
-                    return released
-            return pc
-        assert req.address is not None and req.expected is not None
-        woke = await self._wait_word(slot, req.address, req.expected, ParkReason.WAIT_STORE,
-                                     pc=pc, announce=not req.announced)
-        if woke == "release":
-            released = self._take_release(slot)
-            if released is not None:
-                return released
-        slot.cpu.set_gprs({3: int(EvStatus.SUCCESS), 4: self.watch.read_u32(req.address)})
-        return pc
-
-    async def _wait_event(self, slot: _Slot, reason: ParkReason, pc: int) -> str:
-        slot.wake = trio.Event()
-        slot.parked = reason
-        slot.lot.unpark_all()
-        self.events.emit(CpuParked(time=self.now(), cpu=slot.cpu.index, reason=reason, pc=pc))
-        try:
-            if slot.release is not None:
-                return "release"
-            if slot.input_pending:
-                slot.input_pending = False
-                return "console"
-            slot.waiting_in = "EV_IDLE"
-            await slot.wake.wait()
-            slot.waiting_in = None
-        finally:
-            slot.parked = None
-        by = "release" if slot.release is not None else "console"
-        slot.input_pending = False
-        self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index, by=by))
-        return by
-
-    async def _wait_word(self, slot: _Slot, word: int, expected: int, reason: ParkReason,
-                         pc: int, announce: bool) -> str:
-        """Park until the word at ``word`` differs from ``expected`` (or a release comes)."""
-        ev = trio.Event()
-        slot.wake = ev
-        waiter = self.watch.arm(word, expected, lambda _value: self._soon(ev.set))
-        try:
-            await self._watched(word & ~(PAGE_SIZE - 1))
-            if self.watch.recheck(waiter) is not None:
-                return "store"
-            if slot.release is not None:
-                return "release"
-            slot.parked = reason
-            slot.lot.unpark_all()
-            if announce:
-                self.events.emit(CpuParked(time=self.now(), cpu=slot.cpu.index, reason=reason,
-                                           pc=pc, address=word))
-            slot.waiting_in = (
-                f"FW_WAIT_STORE on {word:#x}" if reason is ParkReason.WAIT_STORE
-                else f"its spin-table entry ({word:#x})"
-            )
-            await ev.wait()
-            slot.waiting_in = None
-        finally:
-            slot.parked = None
-            self.watch.disarm(waiter)
-        by = "store" if waiter.fired else "release"
-        self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index, by=by))
-        return by
-
-    async def _watched(self, page: int) -> None:
-        """Make stores to ``page`` reported before the caller re-reads its word: the engine
-        protects it before its next slice, so a running slice is cut short and awaited."""
-        while not self.engine.watch_page(page):
-            self.scheduler.preempt_now()
-            await trio.sleep(0.0005)
-
-    def _take_release(self, slot: _Slot) -> int | None:
-        with self._lock:
-            rel, slot.release = slot.release, None
-        if rel is None:
-            return None
-        entry, r3 = rel
-        _enter_as_secondary(slot.cpu, r3)
-        self.events.emit(CpuReleased(time=self.now(), cpu=slot.cpu.index, entry=entry, r3=r3,
-                                     by="FW_CPU_RELEASE"))
-        return entry
-
-    def release(self, caller: int, target: int, entry: int, r3: int) -> EvStatus:
-        """FW_CPU_RELEASE (worker thread): latch a release and wake the target if parked."""
-        if not 0 <= target < self.n_cpus or target == caller:
-            return EvStatus.EINVAL
-        slot = self._slots[target]
-        with self._lock:
-            if slot.release is not None:
-                return EvStatus.INVALID_STATE
-            slot.release = (entry & 0xFFFF_FFFF, r3 & 0xFFFF_FFFF)
-        wait = slot.wait
-        if wait is None or not self.scheduler.wake(slot.cpu, wait,
-                                                   lambda c: self._release_woke(slot)):
-            self._soon(lambda: slot.wake.set())
-        return EvStatus.SUCCESS
-
-    def _wake_idle_on_input(self) -> None:
-        # Latched per CPU: a CPU that is running when input arrives idles straight through
-        # its next EV_IDLE instead of sleeping past the input (no lost wake-up).
-        def wake() -> None:
-            for slot in self._slots:
-                slot.input_pending = True
-                if slot.parked is ParkReason.IDLE:
-                    slot.wake.set()
-
-        self._soon(wake)
-
     def _soon(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` on the trio thread, from any thread; nothing once the trio run is over."""
         if self._token is not None:
@@ -563,7 +353,7 @@ class E500Machine:
             except trio.RunFinishedError:
                 pass
 
-    def _fault(self, slot: _Slot, exit_: Exit) -> None:
+    def _fault(self, slot: CpuSlot, exit_: Exit) -> None:
         f: Fault = exit_.request
         state = slot.cpu.snapshot()
         ev = GuestFault(time=self.now(), cpu=slot.cpu.index, kind=f.kind, pc=f.pc,
@@ -610,72 +400,6 @@ class E500Machine:
             if slot.parked is None:
                 slot.cpu.set_timebase(ticks)
 
-    def wait_store_in_slice(self, cpu: VCpu, addr: int,
-                            expected: int) -> int | hypercalls.Parked | None:
-        """FW_WAIT_STORE inside the slice (worker thread, in the hypercall hook).
-
-        The page is watched from the next slice on, and no other vCPU runs before that slice,
-        so no store is missed; a waiter is armed as the word is read (under the watch lock),
-        and the vCPU leaves the run queue.  The store that changes the word (on the worker
-        thread, or a host write on another) puts it back at the head of the queue with r3 =
-        0 and r4 = the new value; a release puts it on its entry point.  Returns the value if
-        the word already differs, None if a release is latched (taken through the trio task).
-        """
-        slot = self._slots[cpu.index]
-        if slot.release is not None:
-            return None
-        self.engine.watch_page(addr & ~(PAGE_SIZE - 1))
-        wait = Wait(resume_pc=cpu.hcall_pc,
-                    on_kick=lambda c: self._kick_wait(slot, addr, expected))
-
-        def woken(value: int) -> None:
-            self.scheduler.wake(cpu, wait, lambda c: self._store_woke(slot, value))
-
-        got = self.watch.arm_unless_changed(addr, expected, woken)
-        if isinstance(got, int):
-            return got
-        slot.wait, slot.waiter = wait, got
-        slot.parked = ParkReason.WAIT_STORE
-        slot.waiting_in = f"FW_WAIT_STORE on {addr:#x}"
-        cpu.parked_in_slice = True
-        self._set_running(-1, from_worker=True)
-        self.events.emit(CpuParked(time=self.now(), cpu=cpu.index, reason=ParkReason.WAIT_STORE,
-                                   pc=cpu.hcall_pc, address=addr))
-        self.scheduler.park(cpu, wait)
-        return hypercalls.PARKED
-
-    def _end_wait(self, slot: _Slot) -> None:
-        if slot.waiter is not None:
-            self.watch.disarm(slot.waiter)
-        slot.wait = slot.waiter = None
-        slot.parked = None
-
-    def _store_woke(self, slot: _Slot, value: int) -> None:
-        """The store that ended an in-slice FW_WAIT_STORE (worker, as the CPU resumes)."""
-        self._end_wait(slot)
-        self._set_running(+1, from_worker=True)
-        slot.waiting_in = None
-        cpu = slot.cpu
-        cpu.set_gprs({3: int(EvStatus.SUCCESS), 4: value})
-        cpu.set_timebase(self._ticks())
-        self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
-
-    def _release_woke(self, slot: _Slot) -> int | None:
-        """A release that ended an in-slice FW_WAIT_STORE (worker, as the CPU resumes)."""
-        self._end_wait(slot)
-        self._set_running(+1, from_worker=True)
-        slot.waiting_in = None
-        slot.cpu.set_timebase(self._ticks())
-        self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index, by="release"))
-        return self._take_release(slot)
-
-    def _kick_wait(self, slot: _Slot, addr: int, expected: int) -> Exit:
-        """The machine stopped a CPU parked inside its slice: its trio task parks it."""
-        self._end_wait(slot)
-        self._set_running(+1, from_worker=True)  # its task's slice ends now, and counts -1
-        return Exit(ExitKind.PARK, slot.cpu.hcall_pc,
-                    hypercalls.Park(ParkReason.WAIT_STORE, addr, expected, announced=True))
-
     def _power_on_reset(self) -> None:
         """FW_RESET: RAM back to zeros, devices to their reset state, CPUs to power-on."""
         self.ram.zero()
@@ -685,16 +409,6 @@ class E500Machine:
             slot.parked = None
 
     # --- debugger support (issue 6) --------------------------------------------------------
-
-    def _where(self, slot: _Slot) -> str:
-        """Where a CPU was when the machine stopped it, for timeout messages."""
-        state = f" parked in {slot.waiting_in}" if slot.waiting_in else ""
-        pc = self.scheduler.pc_of(slot.cpu)
-        return f"cpu {slot.cpu.index}{state} at pc {pc:#010x}"
-
-    def cpu_parked(self, index: int) -> ParkReason | None:
-        """Why CPU ``index`` is parked, or None while it runs or waits to run."""
-        return self._slots[index].parked
 
     # --- hooks from the vCPUs (worker threads) ---------------------------------------------
 
@@ -725,10 +439,6 @@ def _fwcfg_event(e: Any, cpu: int, now: float) -> Event:
     return FwCfgSelect(time=now, cpu=cpu, key=e.key, name=e.name)
 
 
-def _enter_as_secondary(cpu: VCpu, r3: int) -> None:
-    """The ePAPR released-secondary registers: r3 as given, r4..r6 = 0, r7 = the 64 MiB
-    initial mapped area, r8 = r9 = 0 (PLATFORM.md boot flow, step 3)."""
-    cpu.set_gprs({3: r3, 4: 0, 5: 0, 6: 0, 7: SECONDARY_IMA_SIZE, 8: 0, 9: 0})
 
 
 class _Host:
@@ -786,18 +496,3 @@ class _Services:
         return self._m.wait_store_in_slice(cpu, addr, expected)
 
 
-def _check_config(c: MachineConfig) -> None:
-    if not MIN_CPUS <= c.smp <= MAX_CPUS:
-        raise ConfigError(f"-smp {c.smp}: the machine has {MIN_CPUS} to {MAX_CPUS} CPUs")
-    if c.ram_size % RAM_ALIGN or not MIN_RAM_SIZE <= c.ram_size <= MAX_RAM_SIZE:
-        raise ConfigError(
-            f"-m {c.ram_size // (1 << 20)}M ({c.ram_size:#x} bytes): RAM must be a multiple of "
-            f"4 KiB between {MIN_RAM_SIZE >> 20} MiB and {MAX_RAM_SIZE >> 20} MiB"
-        )
-    if c.direct and c.kernel is None:
-        raise ConfigError("--direct needs -kernel: there is no firmware to load one")
-    if c.uuid is not None:
-        try:
-            uuidlib.UUID(c.uuid)
-        except ValueError:
-            raise ConfigError(f"-uuid {c.uuid!r} is not a UUID") from None

@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from fwcfg import ConfigError
 from machine.events import (
@@ -41,12 +41,25 @@ from machine.events import (
 from machine.platform import PAGE_SIZE, Hcall, spin_table_base
 
 if TYPE_CHECKING:
-    from machine.board import E500Machine
+    from machine.config import MachineConfig
+    from machine.devices.console import Console
+    from machine.eventhub import EventHub
 
 _PID = 1
 _RELEASE_TOKEN = int(Hcall.FW_CPU_RELEASE)
 #: A long run's file is at most this stale (seconds) if the process dies before it finishes.
 _FLUSH_EVERY_S = 0.25
+
+
+class Traced(Protocol):
+    """What the trace writer follows of a machine."""
+
+    config: MachineConfig
+    n_cpus: int
+    events: EventHub
+    console: Console
+
+    def now(self) -> float: ...
 
 
 class TraceWriter:
@@ -89,7 +102,7 @@ class TraceWriter:
         self._flushed = time.monotonic()
 
     @classmethod
-    def attach(cls, machine: E500Machine, path: Path) -> TraceWriter:
+    def attach(cls, machine: Traced, path: Path) -> TraceWriter:
         """Open ``path`` and follow ``machine``'s events and console until its run ends."""
         try:
             out = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by finish()

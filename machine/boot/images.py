@@ -18,7 +18,7 @@ from machine.memory import GuestRAM
 from machine.platform import BUS_HZ, CLOCK_HZ, FDT_FILE_NAME, TIMEBASE_HZ
 
 if TYPE_CHECKING:
-    from machine.board import MachineConfig
+    from machine.config import MachineConfig
 
 
 @dataclass(frozen=True)
