@@ -58,6 +58,7 @@ from unicorn import (
 from unicorn.ppc_const import UC_PPC_REG_MSR
 
 from machine.cpu.layout import Layout, env_address, layout, new_engine
+from machine.cpu.quantum import emu_stop
 from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu, Watch, WatchHit
 from machine.events import FaultKind
 from machine.memory import GuestRAM
@@ -73,6 +74,10 @@ from machine.platform import (
 )
 
 _RAM_MAP_CHUNK = 16 * 1024 * 1024
+#: memmove that keeps the GIL (ctypes.memmove releases it, and then the worker may wait to get
+#: it back from another thread in the middle of a context switch).
+_memmove: Any = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                  ctypes.c_size_t)(ctypes._memmove_addr)  # type: ignore[attr-defined]
 #: emu_start's "until" address: odd, so no instruction fetch ever reaches it.
 _RUN_FOREVER = 0xFFFF_FFFF
 _SPR_IVPR = 63
@@ -108,6 +113,7 @@ class Engine:
         self.host = host
         self.uc = uc = new_engine()
         handle = int(cast(Any, uc)._uch.value)
+        self.handle = handle
         self._no_exit = ctypes.c_bool.from_address(handle + self.layout.no_exit_request)
         self._no_exit.value = True  # before anything is translated (module docstring)
         self.env = env_address(uc, self.layout)
@@ -156,7 +162,7 @@ class Engine:
         if self.current is not None:
             self.save()
         for off, length in self.layout.context_ranges:
-            ctypes.memmove(self.env + off, cpu.saved_base + off, length)
+            _memmove(self.env + off, cpu.saved_base + off, length)
         cpu.move_to(self.env)
         self.current = cpu
         if cpu.msr_dirty:
@@ -168,7 +174,7 @@ class Engine:
         if cpu is None:
             return
         for off, length in self.layout.context_ranges:
-            ctypes.memmove(cpu.saved_base + off, self.env + off, length)
+            _memmove(cpu.saved_base + off, self.env + off, length)
         cpu.move_to(cpu.saved_base)
 
     # --- running ---------------------------------------------------------------------------
@@ -204,14 +210,14 @@ class Engine:
         return None
 
     def stop(self) -> None:
-        """End the running slice at the next block boundary (any thread)."""
-        self.uc.emu_stop()
+        """End the running slice at the next block boundary (any thread; keeps the GIL)."""
+        emu_stop(self.handle)
 
     def stop_with(self, exit_: Exit) -> None:
         """From a hook: end the slice with ``exit_``."""
         if self._exit is None:
             self._exit = exit_
-        self.uc.emu_stop()
+        emu_stop(self.handle)
 
     # --- watched pages and code the host overwrote -----------------------------------------
 
@@ -251,6 +257,8 @@ class Engine:
             self.uc.ctl_remove_cache(lo, hi)
 
     def _apply_pending(self) -> None:
+        if not self._pending_watches and not self._stale_code:
+            return  # (read without the lock: a request made meanwhile waits for the next slice)
         with self._lock:
             pages, self._pending_watches = self._pending_watches, set()
             stale, self._stale_code = self._stale_code, []
@@ -271,6 +279,10 @@ class Engine:
 
     def _apply_debug(self, cpu: VCpu, pc: int) -> None:
         d = cpu.debug
+        if not (d.breakpoints or d.watchpoints or d.step or self._bp_hooks or self._wp_hooks
+                or self._debug_mode or d.watch_pc != -1):
+            d.start_pc = d.skip_watch_pc = -1
+            return  # no debugger, or one with nothing set: the common case, kept cheap
         uc: Any = self.uc
         for addr in set(self._bp_hooks) - d.breakpoints:
             uc.hook_del(self._bp_hooks.pop(addr))

@@ -12,11 +12,11 @@ out of the engine; a quantum that ends is invisible to trio.
 * **A wake-up on the worker thread is a switch, not a thread hand-off.**  A guest store that
   releases a parked vCPU (a hook on the worker thread) puts it at the head of the queue and ends
   the storing vCPU's quantum at its next block boundary, so the released vCPU runs next.
-* **Preemption** comes from one process-wide :class:`Preempter` thread that sleeps until the
-  earliest quantum of any machine with more than one runnable vCPU ends, and stops that engine
-  (between blocks: see :mod:`machine.cpu.engine`).  A stop issued just before the engine
-  entered its loop would be forgotten by unicorn, so every stop is re-issued until the slice
-  it aimed at has ended.
+* **Preemption**: while other vCPUs are runnable, a POSIX timer stops the engine from C every
+  quantum (:mod:`machine.cpu.quantum`: no Python thread wakes, the worker keeps the GIL), at
+  a block boundary (:mod:`machine.cpu.engine`).  A stop from another thread (a kick, a host
+  wake-up) arms the same periodic timer: a stop issued just before the engine entered its
+  loop would be forgotten by unicorn, and the next period issues it again.
 * **Cancellation**: ``run`` parks its task with ``wait_task_rescheduled``; the abort kicks the
   vCPU, and the Cancelled is delivered once its slice has really ended, so a cancelled
   machine never leaves a vCPU running behind trio's back.
@@ -26,8 +26,6 @@ Several machines in one process each have their own worker, so they run in paral
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import threading
 import time
 import weakref
@@ -40,13 +38,12 @@ import outcome
 import trio
 
 from machine.cpu.engine import Engine
+from machine.cpu.quantum import QuantumTimer
 from machine.cpu.vcpu import Exit, ExitKind, VCpu
 
 #: How long a vCPU runs while others are runnable (Linux's call-in timeouts, RCU and
 #: watchdogs expect every CPU to progress within a few milliseconds, even at -smp 8).
 QUANTUM_S = 0.001
-#: How soon a stop that may have been lost is issued again.
-_RESTOP_S = 0.0005
 
 
 @dataclass(eq=False)
@@ -82,12 +79,18 @@ class Scheduler:
         self._current: VCpu | None = None
         self._slice = 0
         self._closed = False
+        self._quantum = QuantumTimer(engine.handle, QUANTUM_S)
+        #: vCPU switches, and the worker's time between two slices of different vCPUs
+        #: (bookkeeping and the context swap; time asleep with nothing runnable excluded).
         self.switches = 0
         self.switch_ns = 0
+        self.slices = 0
+        self.run_ns = 0
         for cpu in cpus:
             self._bind(cpu)
         self._thread = threading.Thread(target=self._loop, name=f"vcpus of {name}", daemon=True)
         self._thread.start()
+        self._worker_id = self._thread.ident
 
     def _bind(self, cpu: VCpu) -> None:
         ref = weakref.ref(self)
@@ -166,10 +169,16 @@ class Scheduler:
                 return False
             slot.waiting = None
             slot.action = action
-            if self._current is not cpu:  # else the end of its slice queues it
-                self._enqueue(cpu, front=True)
-            if self._current is not None and self._current is not cpu:
-                self._stop_current()  # the woken vCPU runs next
+            current = self._current
+            if current is not cpu:  # else the end of its slice queues it
+                self._enqueue(cpu, front=True, arm=False)
+            if current is not None and current is not cpu:
+                # The woken vCPU runs next.  From a hook on the worker (a guest store) the
+                # engine is running, so the stop cannot be lost and needs no re-issue.
+                if threading.get_ident() == self._worker_id:
+                    self.engine.stop()
+                else:
+                    self._stop_current()
             return True
 
     def pc_of(self, cpu: VCpu) -> int:
@@ -193,33 +202,33 @@ class Scheduler:
         """Some vCPU is running or runnable."""
         return self._current is not None or bool(self._runq)
 
-    def preempt(self, slice_id: int) -> None:
-        """The quantum of slice ``slice_id`` ran out (the preempter's thread)."""
-        with self._cv:
-            if self._current is not None and self._slice == slice_id:
-                slot = self._slots[self._current]
-                if self._runq or slot.kicked:
-                    self._stop_current()
-
     def close(self) -> None:
         with self._cv:
             self._closed = True
             self._cv.notify()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._quantum.close()
+            time.sleep(0.001)  # a timer notification under way ends before the engine goes
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
     def statistics(self) -> dict[str, float]:
-        """Context switches so far and their mean cost (us)."""
+        """Slices and switches so far, the mean cost of a switch (us), and the share of the
+        worker's busy time spent switching rather than running guest code."""
         n = self.switches
-        return {"switches": n, "switch_us": self.switch_ns / n / 1000 if n else 0.0}
+        busy = self.run_ns + self.switch_ns
+        return {"slices": self.slices, "switches": n,
+                "switch_us": self.switch_ns / n / 1000 if n else 0.0,
+                "switch_share": self.switch_ns / busy if busy else 0.0}
 
     # --- internals (the condition's lock held) ---------------------------------------------
 
-    def _enqueue(self, cpu: VCpu, *, front: bool) -> None:
+    def _enqueue(self, cpu: VCpu, *, front: bool, arm: bool = True) -> None:
+        """Queue ``cpu`` (lock held); a running slice gets a quantum now that it has company."""
         slot = self._slots[cpu]
         if slot.queued:
             return
@@ -228,13 +237,16 @@ class Scheduler:
             self._runq.appendleft(cpu)
         else:
             self._runq.append(cpu)
-        if self._current is not None:
-            PREEMPTER.arm(self, self._slice, QUANTUM_S)
-        self._cv.notify()
+        if arm and self._current is not None:
+            self._quantum.arm()
+        if threading.get_ident() != self._worker_id:
+            self._cv.notify()
 
     def _stop_current(self) -> None:
+        """Stop the running slice from another thread, and again every quantum until it has
+        ended (a stop just before the engine entered its loop is forgotten)."""
         self.engine.stop()
-        PREEMPTER.arm(self, self._slice, _RESTOP_S)
+        self._quantum.arm()
 
     def _deliver(self, cpu: VCpu, exit_: Exit) -> None:
         slot = self._slots[cpu]
@@ -252,10 +264,18 @@ class Scheduler:
 
     def _loop(self) -> None:
         engine = self.engine
+        clock = time.perf_counter_ns
+        ended = clock()  # when the last slice ended
+        last: VCpu | None = None
         while True:
             with self._cv:
-                while not self._runq and not self._closed:
-                    self._cv.wait()
+                if not self._runq:
+                    # The timer stays armed from one slice to the next (two syscalls a slice
+                    # cost more than a spurious stop now and then); idle, it must not tick.
+                    self._quantum.disarm()
+                    while not self._runq and not self._closed:
+                        self._cv.wait()
+                    ended = clock()  # time asleep is not switching
                 if self._closed:
                     break
                 cpu = self._runq.popleft()
@@ -267,16 +287,20 @@ class Scheduler:
                 self._current = cpu
                 self._slice += 1
                 if self._runq:
-                    PREEMPTER.arm(self, self._slice, QUANTUM_S)
+                    self._quantum.arm()
                 action, slot.action = slot.action, None
-            if engine.current is not cpu:
-                t0 = time.perf_counter_ns()
-                engine.load(cpu)
-                self.switch_ns += time.perf_counter_ns() - t0
-                self.switches += 1
+            engine.load(cpu)
             if action is not None and (pc := action(cpu)) is not None:
                 slot.pc = pc
+            started = clock()
+            if cpu is not last:
+                self.switches += 1
+                self.switch_ns += started - ended
+                last = cpu
             exit_ = engine.run(cpu, slot.pc)
+            ended = clock()
+            self.slices += 1
+            self.run_ns += ended - started
             with self._cv:
                 self._current = None
                 if exit_ is not None:
@@ -307,45 +331,3 @@ class Scheduler:
             wait, slot.waiting = slot.waiting, None
             exit_ = wait.on_kick(cpu) if wait is not None else Exit(ExitKind.KICKED, slot.pc)
         self._deliver(cpu, exit_)
-
-
-class Preempter:
-    """One thread for the process: stops engines whose quantum ran out.  Sleeps on a
-    condition while no machine has more than one runnable vCPU."""
-
-    def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._heap: list[tuple[float, int, weakref.ref[Scheduler], int]] = []
-        self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def arm(self, sched: Scheduler, slice_id: int, delay: float) -> None:
-        deadline = time.monotonic() + delay
-        with self._cv:
-            earliest = self._heap[0][0] if self._heap else None
-            heapq.heappush(self._heap, (deadline, next(self._seq), weakref.ref(sched), slice_id))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="fwcfg-e500 preempt",
-                                                daemon=True)
-                self._thread.start()
-            elif earliest is None or deadline < earliest:
-                self._cv.notify()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while True:
-                    if not self._heap:
-                        self._cv.wait()
-                        continue
-                    wait = self._heap[0][0] - time.monotonic()
-                    if wait <= 0:
-                        break
-                    self._cv.wait(wait)
-                _, _, ref, slice_id = heapq.heappop(self._heap)
-            sched = ref()
-            if sched is not None:
-                sched.preempt(slice_id)
-
-
-PREEMPTER = Preempter()

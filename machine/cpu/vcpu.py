@@ -113,21 +113,31 @@ class VCpu:
         self.parked_in_slice = False
         #: Slices run, for the benchmarks.
         self.slices = 0
-        self._rebind()
+        #: ctypes views of the register file, per place it can live (made once: a switch
+        #: then only swaps references).
+        self._views: dict[int, tuple[Any, Any, Any, Any, Any]] = {}
+        self._gprs: Any
+        self._sprs: Any
+        self._msr: Any
+        self._nip: Any
+        self._tb: Any
+        self.move_to(self.saved_base)
         self.write_spr(SPR_PIR, index)
-
-    def _rebind(self) -> None:
-        lay, b = self.layout, self.base
-        self._gprs: Any = (ctypes.c_uint32 * 32).from_address(b)
-        self._sprs: Any = (ctypes.c_uint32 * 1024).from_address(b + lay.spr)
-        self._msr = ctypes.c_uint32.from_address(b + lay.msr)
-        self._nip = ctypes.c_uint32.from_address(b + lay.nip)
-        self._tb = ctypes.c_uint64.from_address(b + lay.spr + SPR_TBL_READ * 4)
 
     def move_to(self, base: int) -> None:
         """The engine moved the context (loaded into ``env``, or saved back)."""
+        views = self._views.get(base)
+        if views is None:
+            lay = self.layout
+            views = self._views[base] = (
+                (ctypes.c_uint32 * 32).from_address(base),
+                (ctypes.c_uint32 * 1024).from_address(base + lay.spr),
+                ctypes.c_uint32.from_address(base + lay.msr),
+                ctypes.c_uint32.from_address(base + lay.nip),
+                ctypes.c_uint64.from_address(base + lay.spr + SPR_TBL_READ * 4),
+            )
         self.base = base
-        self._rebind()
+        self._gprs, self._sprs, self._msr, self._nip, self._tb = views
 
     # --- registers -------------------------------------------------------------------------
 

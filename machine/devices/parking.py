@@ -293,9 +293,11 @@ class Parking:
         self._set_running(+1, from_worker=True)
         slot.waiting_in = None
         cpu = slot.cpu
-        cpu.set_gprs({3: int(EvStatus.SUCCESS), 4: value})
+        cpu.set_gpr(3, EvStatus.SUCCESS)
+        cpu.set_gpr(4, value)
         cpu.set_timebase(self._ticks())
-        self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
+        if self.events.active:
+            self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
 
     def _release_woke(self, slot: CpuSlot) -> int | None:
         """A release that ended an in-slice FW_WAIT_STORE (worker, as the CPU resumes)."""

@@ -1,0 +1,138 @@
+"""The scheduler's quantum: a POSIX timer that stops the engine from C, without the GIL.
+
+When more than one vCPU is runnable, the running one must be stopped after its quantum.  A
+Python thread that wakes to call ``emu_stop`` must take the GIL, and the worker thread hands
+the GIL over at its next ctypes call: measured, that cost every release on a 2-core VM tens of
+microseconds (the waking thread's scheduling, then the GIL hand-off back).  So the quantum is a
+``timer_create(CLOCK_MONOTONIC, SIGEV_THREAD)`` timer whose notification function *is*
+unicorn's ``uc_emu_stop``, with the engine handle as its argument: glibc calls it on a thread of
+its own, no Python runs, and the worker never loses the GIL for it.  An expiry costs glibc a
+short-lived thread, and only happens when a vCPU really used up its quantum with others waiting.
+
+The timer is periodic while armed: a stop that lands just before the engine enters its loop is
+forgotten by unicorn, and the next period issues it again.  The scheduler disarms it when the
+slice ends.  The layout of ``struct sigevent`` is glibc's (x86-64 and aarch64 alike); the first
+timer in a process is checked by stopping a scratch engine that loops forever.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from typing import Any, cast
+
+import unicorn
+
+from machine.cpu.layout import EngineLayoutError, new_engine
+
+_CLOCK_MONOTONIC = 1
+_SIGEV_THREAD = 2
+
+
+class _Sigevent(ctypes.Structure):
+    _fields_ = [
+        ("sigev_value", ctypes.c_void_p),  # union sigval: the engine handle
+        ("sigev_signo", ctypes.c_int),
+        ("sigev_notify", ctypes.c_int),
+        ("sigev_notify_function", ctypes.c_void_p),
+        ("sigev_notify_attributes", ctypes.c_void_p),
+        ("_pad", ctypes.c_byte * 32),
+    ]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+# PyDLL: these calls are short syscalls; keeping the GIL across them means the worker never
+# hands it to another thread on the way (each CDLL call releases it).
+_libc: Any = ctypes.PyDLL(None)
+_libc.timer_create.argtypes = [ctypes.c_int, ctypes.POINTER(_Sigevent),
+                               ctypes.POINTER(ctypes.c_void_p)]
+_libc.timer_settime.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_Itimerspec),
+                                ctypes.c_void_p]
+_libc.timer_delete.argtypes = [ctypes.c_void_p]
+_unicorn: Any = ctypes.PyDLL(os.path.join(os.path.dirname(unicorn.__file__), "lib",
+                                          "libunicorn.so.2"))
+_UC_EMU_STOP = cast(int, ctypes.cast(_unicorn.uc_emu_stop, ctypes.c_void_p).value)
+#: ``uc_emu_stop(handle)`` without releasing the GIL (from the engine's own hooks).
+emu_stop: Any = _unicorn.uc_emu_stop
+emu_stop.argtypes = [ctypes.c_void_p]
+
+
+def _spec(seconds: float) -> _Itimerspec:
+    ns = int(seconds * 1e9)
+    t = _Timespec(ns // 1_000_000_000, ns % 1_000_000_000)
+    return _Itimerspec(t, t)
+
+
+class QuantumTimer:
+    """Stops the engine with handle ``handle`` every ``period`` seconds while armed."""
+
+    def __init__(self, handle: int, period: float) -> None:
+        _check_once()
+        self._handle = handle
+        self._timer = ctypes.c_void_p()
+        sev = _Sigevent()
+        sev.sigev_value = handle
+        sev.sigev_notify = _SIGEV_THREAD
+        sev.sigev_notify_function = _UC_EMU_STOP
+        if _libc.timer_create(_CLOCK_MONOTONIC, ctypes.byref(sev), ctypes.byref(self._timer)):
+            raise OSError(ctypes.get_errno(), "timer_create failed")
+        self._armed = _spec(period)
+        self._off = _spec(0)
+        self.armed = False
+        self._closed = False
+
+    def arm(self) -> None:
+        if not self.armed:
+            self.armed = True
+            _libc.timer_settime(self._timer, 0, ctypes.byref(self._armed), None)
+
+    def disarm(self) -> None:
+        if self.armed:
+            self.armed = False
+            _libc.timer_settime(self._timer, 0, ctypes.byref(self._off), None)
+
+    def close(self) -> None:
+        """Delete the timer.  A notification already under way may still run for a few
+        microseconds: the caller frees the engine later than that."""
+        if not self._closed:
+            self._closed = True
+            _libc.timer_delete(self._timer)
+
+
+_checked = False
+_check_lock = threading.RLock()
+
+
+def _check_once() -> None:
+    """A scratch engine looping forever must be stopped by the timer (glibc's layout)."""
+    global _checked
+    with _check_lock:
+        if _checked:
+            return
+        _checked = True  # the check below builds a QuantumTimer itself
+        uc: Any = new_engine()
+        uc.mem_map(0, 0x1000)
+        uc.mem_write(0, b"\x48\x00\x00\x00")  # b .
+        timer = QuantumTimer(int(uc._uch.value), 0.002)
+        guard = threading.Timer(2.0, uc.emu_stop)  # keeps the process alive if it never fires
+        guard.start()
+        t0 = time.monotonic()
+        try:
+            timer.arm()
+            uc.emu_start(0, 0xFFFF_FFFF)
+        finally:
+            timer.disarm()
+            timer.close()
+            guard.cancel()
+        if time.monotonic() - t0 > 1.0:
+            raise EngineLayoutError("the quantum timer did not stop the engine (glibc's "
+                                    "timer_create with SIGEV_THREAD is required)")
