@@ -52,34 +52,88 @@ idle:
 """
 
 
-async def _count(cpus: int, per_cpu: int, *, kicks: bool = False) -> tuple[int, int]:
-    """Run the ATOMICS guest; (final counter, slices the vCPUs were given)."""
-
-    async def kick_all(m: E500Machine) -> None:
-        # The host stops and resumes every CPU thousands of times (as a debugger's interrupts
-        # and the machine's own kicks do); each stop ends a slice and its task resumes it.
-        while m.result is None:
-            for cpu in m.cpus:
-                cpu.kick()
-            await trio.sleep(0.0002)
-
+async def _count(cpus: int, per_cpu: int) -> int:
+    """Run the ATOMICS guest; the final counter."""
     b = await boot(ATOMICS.format(counter=COUNTER, done=DONE, n=per_cpu, cpus=cpus), smp=cpus,
-                   timeout=120, during=kick_all if kicks else None)
+                   timeout=120)
     assert b.result.code == 0, b.result.reason
-    return b.machine.ram.read_u32(COUNTER), sum(cpu.slices for cpu in b.machine.cpus)
+    return b.machine.ram.read_u32(COUNTER)
 
 
 @pytest.mark.parametrize("cpus", [2, 4, 8])
 async def test_lwarx_stwcx_increments_are_exact_on_n_cpus(cpus: int) -> None:
     per_cpu = 1_000_000 // cpus
-    count, _ = await _count(cpus, per_cpu)
-    assert count == cpus * per_cpu
+    assert await _count(cpus, per_cpu) == cpus * per_cpu
+
+
+STOP = 0x0010_0008  # the host sets it once it has stopped the CPUs often enough
+MINE = 0x0010_0100  # CPU i's own count of its increments at MINE + 4 * i
+
+#: Every CPU increments COUNTER with lwarx/stwcx. and counts its own increments in r20 until
+#: the host sets STOP (looked at every 256 increments), then stores r20 at MINE + 4 * index and
+#: counts itself in DONE; CPU 0 waits for all and powers off.
+UNTIL_STOPPED = """
+    .globl _start
+_start:
+    li32 9, {counter}
+    li32 10, {stop}
+    li 20, 0
+1:  li 25, 256
+    mtctr 25
+2:  lwarx 5, 0, 9
+    addi 5, 5, 1
+    stwcx. 5, 0, 9
+    bne- 2b
+    addi 20, 20, 1
+    bdnz 2b
+    lwz 6, 0(10)
+    cmpwi 6, 0
+    beq 1b
+    li32 11, {mine}
+    slwi 12, 3, 2
+    stwx 20, 11, 12
+    li32 9, {done}
+3:  lwarx 5, 0, 9
+    addi 5, 5, 1
+    stwcx. 5, 0, 9
+    bne- 3b
+    cmpwi 3, 0
+    bne idle
+4:  lwz 4, 0(9)
+    cmpwi 4, {cpus}
+    beq 5f
+    mr 3, 9
+    hcall HC_FW_WAIT_STORE
+    b 4b
+5:  li 3, 0
+    hcall HC_FW_POWEROFF
+idle:
+    hcall HC_EV_IDLE
+    b idle
+"""
 
 
 async def test_increments_stay_exact_while_the_host_stops_cpus_thousands_of_times() -> None:
-    count, slices = await _count(4, 300_000, kicks=True)
-    assert count == 1_200_000
-    assert slices > 2000, f"only {slices} slices: the kicks did not land"
+    cpus, rounds = 4, 1500
+
+    async def kick_then_stop(m: E500Machine) -> None:
+        # The host stops every CPU again and again (as a debugger's interrupts and the
+        # machine's own kicks do); each stop ends a slice, and the CPU's task resumes it.
+        for _ in range(rounds):
+            for cpu in m.cpus:
+                cpu.kick()
+            await trio.sleep(0.0002)
+        m.ram.write_u32(STOP, 1)
+
+    source = UNTIL_STOPPED.format(counter=COUNTER, stop=STOP, mine=MINE, done=DONE, cpus=cpus)
+    b = await boot(source, smp=cpus, timeout=120, during=kick_then_stop)
+    assert b.result.code == 0, b.result.reason
+    ram = b.machine.ram
+    mine = [ram.read_u32(MINE + 4 * i) for i in range(cpus)]
+    assert all(mine), mine
+    assert ram.read_u32(COUNTER) == sum(mine)
+    slices = sum(cpu.slices for cpu in b.machine.cpus)
+    assert slices > rounds, f"only {slices} slices: the stops did not land"
 
 
 ROUTINE = 0x0020_0000
