@@ -404,11 +404,13 @@ class E500Machine(Parking):
         """FW_RESET: RAM back to zeros, devices to their reset state, CPUs to power-on."""
         self.ram.zero()
         self.fwcfg.reset()
+        self.scheduler.reset()  # every CPU's registers and SPRs as at power-on
+        self.engine.forget_code(self.ram.base, self.ram.base + self.ram.size)
         for slot in self._slots:
             slot.release = None
             slot.parked = None
-
-    # --- debugger support (issue 6) --------------------------------------------------------
+            slot.wait = slot.waiter = None
+            slot.waiting_in = None
 
     # --- hooks from the vCPUs (worker threads) ---------------------------------------------
 

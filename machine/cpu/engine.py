@@ -69,6 +69,7 @@ from machine.platform import (
     ROM_BASE,
     ROM_SIZE,
     SC_LEV0_INSN,
+    SPR_PIR,
     SPR_SRR0,
     SPR_SRR1,
 )
@@ -154,6 +155,13 @@ class Engine:
 
     def new_vcpu(self, index: int) -> VCpu:
         return VCpu(index, self.layout, ctypes.addressof(self.template))
+
+    def reset_context(self, cpu: VCpu) -> None:
+        """``cpu``'s context as at power-on (it must not be loaded)."""
+        assert self.current is not cpu
+        _memmove(cpu.saved_base, ctypes.addressof(self.template), self.layout.env_size)
+        cpu.write_spr(SPR_PIR, cpu.index)
+        cpu.msr_dirty = True
 
     def load(self, cpu: VCpu) -> None:
         """Make ``cpu`` the one the engine runs (saving the one loaded before)."""

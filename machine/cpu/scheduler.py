@@ -202,6 +202,17 @@ class Scheduler:
         """Some vCPU is running or runnable."""
         return self._current is not None or bool(self._runq)
 
+    def reset(self) -> None:
+        """Every vCPU back to its power-on context (trio thread, between runs: no vCPU has a
+        slice, so the worker is asleep and the engine is free)."""
+        with self._cv:
+            assert self._current is None and not self._runq, "reset while vCPUs run"
+            self.engine.save()
+            for cpu in self.cpus:
+                self.engine.reset_context(cpu)
+                self._slots[cpu].waiting = None
+                self._slots[cpu].action = None
+
     def close(self) -> None:
         with self._cv:
             self._closed = True

@@ -192,6 +192,34 @@ _start:
     assert b.result.code == 7
 
 
+async def test_reset_puts_every_register_back_to_power_on() -> None:
+    # Each boot prints "A" if SPRG0 and r20 are as at power-on, "X" if they kept what the
+    # previous boot wrote, then writes them and resets.
+    async def stop_after_third_boot(m: object) -> None:
+        with trio.fail_after(5):
+            while m.console.bytes_out < 3:  # type: ignore[attr-defined]
+                await trio.sleep(0.01)
+        m.stop(code=7)  # type: ignore[attr-defined]
+
+    b = await boot("""
+_start:
+    mfspr 5, 272
+    or. 5, 5, 20
+    bne 2f
+    puts4 0x41000000, 1
+    b 3f
+2:  puts4 0x58000000, 1
+3:  li32 5, 0x1234
+    mtspr 272, 5
+    li 20, 1
+    lis 6, 0x10
+    mtctr 6
+1:  bdnz 1b
+    hcall HC_FW_RESET
+""", during=stop_after_third_boot)
+    assert b.console.startswith(b"AAA"), b.console
+
+
 SECONDARY_IDLES = """
 _start:
     cmpwi 3, 0
