@@ -124,6 +124,7 @@ class E500Machine(Parking):
         #: The machine's one CPU engine, and the scheduler that runs its vCPUs in it.
         self.engine = Engine(self.ram, ctypes.addressof(self._rom_anchor), _Host(self))
         self.cpus = [self.engine.new_vcpu(i) for i in range(self.n_cpus)]
+        self.engine.on_load = lambda cpu: cpu.set_timebase(self._ticks())
         self.scheduler = Scheduler(self.engine, self.cpus)
         self._slots = [CpuSlot(cpu) for cpu in self.cpus]
         self.engine.watch_page(spin_table_base(self.ram_size))
@@ -394,11 +395,11 @@ class E500Machine(Parking):
         return self._running_count > 0
 
     def tick(self) -> None:
-        """Advance the timebase of every CPU not parked in its trio task."""
-        ticks = self._ticks()
-        for slot in self._slots:
-            if slot.parked is None:
-                slot.cpu.set_timebase(ticks)
+        """Advance the timebase of the CPU in the engine (the others are brought up to date
+        as the scheduler loads them: :attr:`Engine.on_load`)."""
+        cpu = self.engine.current
+        if cpu is not None:
+            cpu.set_timebase(self._ticks())
 
     def _power_on_reset(self) -> None:
         """FW_RESET: RAM back to zeros, devices to their reset state, CPUs to power-on."""

@@ -140,6 +140,8 @@ class Engine:
         self.template = ctypes.create_string_buffer(self.layout.env_size)
         ctypes.memmove(self.template, self.env, self.layout.env_size)
         self.current: VCpu | None = None
+        #: Called with each vCPU the engine loads (the board brings its timebase up to date).
+        self.on_load: Callable[[VCpu], None] = lambda cpu: None
         self._lock = threading.Lock()
         self._watched: set[int] = set()
         self._pending_watches: set[int] = set()
@@ -173,6 +175,7 @@ class Engine:
             _memmove(self.env + off, cpu.saved_base + off, length)
         cpu.move_to(self.env)
         self.current = cpu
+        self.on_load(cpu)
         if cpu.msr_dirty:
             cpu.msr_dirty = False
             self.uc.reg_write(UC_PPC_REG_MSR, cpu.msr)  # recomputes hflags and MMU index
@@ -455,5 +458,3 @@ class Engine:
         if finalize is not None:
             finalize()
 
-
-Callback = Callable[[], None]
