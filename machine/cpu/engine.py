@@ -58,7 +58,7 @@ from unicorn import (
 from unicorn.ppc_const import UC_PPC_REG_MSR
 
 from machine.cpu.layout import Layout, env_address, layout, new_engine
-from machine.cpu.quantum import emu_stop
+from machine.cpu.quantum import emu_stop, free_later
 from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu, Watch, WatchHit
 from machine.events import FaultKind
 from machine.memory import GuestRAM
@@ -454,7 +454,5 @@ class Engine:
         engine: Any = self.uc
         engine._callbacks.clear()
         engine._mmio_callbacks.clear()
-        finalize = getattr(engine, "_Uc__finalizer", None)
-        if finalize is not None:
-            finalize()
+        free_later(engine)  # not at once: machine/cpu/quantum.py, QuantumTimer.close
 

@@ -101,11 +101,36 @@ class QuantumTimer:
             _libc.timer_settime(self._timer, 0, ctypes.byref(self._off), None)
 
     def close(self) -> None:
-        """Delete the timer.  A notification already under way may still run for a few
-        microseconds: the caller frees the engine later than that."""
+        """Delete the timer.  A notification already under way may still call
+        ``uc_emu_stop`` on the engine afterwards (glibc runs it on a thread it creates for
+        the expiry, which a loaded host may start late): free the engine with
+        :func:`free_later`, never at once."""
         if not self._closed:
             self._closed = True
             _libc.timer_delete(self._timer)
+
+
+#: How long an engine outlives its timer.  A notification that glibc's helper thread had
+#: already taken when the timer was deleted runs within scheduling latency; seconds are ample.
+GRACE_S = 2.0
+_graveyard: list[tuple[float, Any]] = []
+_graveyard_lock = threading.Lock()
+
+
+def free_later(engine: Any) -> None:
+    """Free the unicorn engine ``engine`` (a ``unicorn.Uc``) once :data:`GRACE_S` have passed,
+    keeping it alive until then; engines due by now are freed here.  At interpreter exit the
+    remaining ones are left to the operating system (a late notification must not find them
+    freed)."""
+    finalizer = engine._Uc__finalizer  # unicorn's weakref.finalize, which calls uc_close
+    finalizer.atexit = False
+    now = time.monotonic()
+    with _graveyard_lock:
+        _graveyard.append((now + GRACE_S, engine))
+        due = [e for t, e in _graveyard if t <= now]
+        _graveyard[:] = [(t, e) for t, e in _graveyard if t > now]
+    for e in due:
+        e._Uc__finalizer()
 
 
 _checked = False
@@ -133,6 +158,7 @@ def _check_once() -> None:
             timer.disarm()
             timer.close()
             guard.cancel()
+            free_later(uc)
         if time.monotonic() - t0 > 1.0:
             raise EngineLayoutError("the quantum timer did not stop the engine (glibc's "
                                     "timer_create with SIGEV_THREAD is required)")

@@ -221,7 +221,6 @@ class Scheduler:
             self._thread.join(timeout=5)
         if not self._thread.is_alive():
             self._quantum.close()
-            time.sleep(0.001)  # a timer notification under way ends before the engine goes
 
     @property
     def alive(self) -> bool:
