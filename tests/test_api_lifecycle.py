@@ -25,6 +25,7 @@ from machine.api import (
     run_machine,
 )
 from machine.asm import assemble
+from machine.cpu import quantum
 from machine.sync import SyncMachine
 from machine.sync import run_machine as run_machine_sync
 
@@ -166,8 +167,11 @@ async def test_a_hundred_machines_in_a_row_leak_no_threads_or_memory() -> None:
             assert (await m.wait(timeout=10)).code == 0
         if i % 10 == 9:
             # A closed machine is freed by the cyclic collector (unicorn's hooks refer back to
-            # their engine); collect so the numbers measure leaks, not collection timing.
+            # their engine), and its engine once its quantum timer surely cannot touch it;
+            # wait for both, so the numbers measure leaks, not collection timing.
             gc.collect()
+            await trio.sleep(quantum.GRACE_S)
+            assert quantum.reap() == 0
             samples.append(rss_mib())
             assert threading.active_count() == baseline_threads
     # After warm-up (allocator arenas, code caches), 80 more machines add almost nothing.

@@ -111,26 +111,34 @@ class QuantumTimer:
 
 
 #: How long an engine outlives its timer.  A notification that glibc's helper thread had
-#: already taken when the timer was deleted runs within scheduling latency; seconds are ample.
-GRACE_S = 2.0
+#: already taken when the timer was deleted runs within scheduling latency (milliseconds even
+#: on a loaded host); half a second is ample, and bounds what the graveyard holds.
+GRACE_S = 0.5
 _graveyard: list[tuple[float, Any]] = []
 _graveyard_lock = threading.Lock()
 
 
 def free_later(engine: Any) -> None:
     """Free the unicorn engine ``engine`` (a ``unicorn.Uc``) once :data:`GRACE_S` have passed,
-    keeping it alive until then; engines due by now are freed here.  At interpreter exit the
-    remaining ones are left to the operating system (a late notification must not find them
-    freed)."""
-    finalizer = engine._Uc__finalizer  # unicorn's weakref.finalize, which calls uc_close
-    finalizer.atexit = False
+    keeping it alive until then (:func:`reap` frees the engines that are due; each call here
+    does too).  At interpreter exit the remaining ones are left to the operating system: a late
+    notification must not find them freed."""
+    engine._Uc__finalizer.atexit = False  # unicorn's weakref.finalize, which calls uc_close
+    with _graveyard_lock:
+        _graveyard.append((time.monotonic() + GRACE_S, engine))
+    reap()
+
+
+def reap() -> int:
+    """Free the engines whose grace has passed; how many are still waiting."""
     now = time.monotonic()
     with _graveyard_lock:
-        _graveyard.append((now + GRACE_S, engine))
         due = [e for t, e in _graveyard if t <= now]
         _graveyard[:] = [(t, e) for t, e in _graveyard if t > now]
+        left = len(_graveyard)
     for e in due:
         e._Uc__finalizer()
+    return left
 
 
 _checked = False
