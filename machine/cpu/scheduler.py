@@ -74,7 +74,10 @@ class Scheduler:
         self.engine = engine
         self.cpus = cpus
         self._slots = {cpu: _Slot() for cpu in cpus}
-        self._cv = threading.Condition()
+        self._cv = threading.Condition(threading.Lock())
+        #: Exits to hand to trio, sent once the worker has let go of the lock (a wake-up
+        #: write to trio's socket gives up the GIL; the lock must not be held across it).
+        self._outbox: list[tuple[trio.lowlevel.TrioToken, Any, Exit]] = []
         self._runq: deque[VCpu] = deque()
         self._current: VCpu | None = None
         self._slice = 0
@@ -265,10 +268,16 @@ class Scheduler:
         slot.kicked = False
         cpu._in_slice = False
         assert token is not None
-        try:
-            token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.Value(exit_))
-        except trio.RunFinishedError:
-            pass
+        self._outbox.append((token, task, exit_))
+
+    def _flush(self) -> None:
+        """Send the exits :meth:`_deliver` queued (worker, lock not held)."""
+        while self._outbox:
+            token, task, exit_ = self._outbox.pop(0)
+            try:
+                token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.Value(exit_))
+            except trio.RunFinishedError:
+                pass
 
     # --- the worker thread -----------------------------------------------------------------
 
@@ -278,6 +287,7 @@ class Scheduler:
         ended = clock()  # when the last slice ended
         last: VCpu | None = None
         while True:
+            self._flush()
             with self._cv:
                 if not self._runq:
                     # The timer stays armed from one slice to the next (two syscalls a slice
@@ -325,6 +335,7 @@ class Scheduler:
                 elif slot.waiting is None:
                     self._enqueue(cpu, front=slot.action is not None)
         engine.save()
+        self._flush()
 
     def _hand_back(self, cpu: VCpu, exit_: Exit | None) -> None:
         """Give ``cpu`` back to its trio task (worker, lock held).  Its context leaves the
