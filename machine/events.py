@@ -177,6 +177,11 @@ class FaultKind(enum.Enum):
     ILLEGAL_INSTRUCTION = "illegal instruction"
     PROGRAM = "program exception (privileged instruction or trap)"
     SYSTEM_CALL = "sc (LEV 0) with no guest handler"
+    DATA_TLB_MISS = "data TLB miss with no guest handler"
+    INSTRUCTION_TLB_MISS = "instruction TLB miss with no guest handler"
+    DATA_STORAGE = "data storage interrupt (access not allowed) with no guest handler"
+    INSTRUCTION_STORAGE = "instruction storage interrupt with no guest handler"
+    ALIGNMENT = "alignment interrupt with no guest handler"
     EXCEPTION = "unhandled CPU exception"
     ENGINE = "CPU engine error"
 

@@ -38,10 +38,32 @@ FWCFG_SIZE: Final = 0x18
 
 PAGE_SIZE: Final = 4 * KiB
 
-#: FW_WAIT_STORE's poll code (one page, the same in every CPU) and each CPU's own poll data
-#: page (machine/pollwait.py).  Reserved: the guest may read them and must not rely on them.
-POLL_CODE_BASE: Final = 0xF100_0000
-POLL_DATA_BASE: Final = 0xF100_1000
+# --- Addressing (PLATFORM.md "Addressing") --------------------------------------------------
+
+#: Book E MAS1/MAS2/MAS3 bits the machine writes into TLB entries.
+MAS1_V: Final = 0x8000_0000
+MAS1_IPROT: Final = 0x4000_0000
+MAS2_I: Final = 0x08
+MAS2_G: Final = 0x02
+MAS3_ALL: Final = 0x3F  # UX | SX | UW | SW | UR | SR
+
+
+def mas1_tsize(size: int) -> int:
+    """MAS1[TSIZE] for a page of ``size`` bytes (log2 of KiB, in bits 7..11)."""
+    return ((size.bit_length() - 1 - 10) << 7) & 0xF80
+
+
+#: The power-on mapping every CPU starts with: TLB1 entries (ESEL, EA = PA, size, MAS2 WIMGE),
+#: IPROT, address space 0, TID 0, every access allowed.  Four 1 GiB entries cover the whole
+#: 32-bit physical space, so firmware written for a flat machine runs unchanged, and an access
+#: to an address where nothing is stays a guest fault (exit 125), not a TLB miss.  The top
+#: entries of TLB1, so that a firmware's own entries (from ESEL 0 up) do not collide.
+POWER_ON_TLB1: Final = (
+    (12, 0x0000_0000, 1 * GiB, 0),
+    (13, 0x4000_0000, 1 * GiB, 0),
+    (14, 0x8000_0000, 1 * GiB, 0),
+    (15, 0xC000_0000, 1 * GiB, MAS2_I | MAS2_G),  # devices (fw_cfg) and the boot ROM
+)
 
 #: e500v2 processor version register value as unicorn reports it (informational).
 CPU_COMPATIBLE: Final = "PowerPC,e500v2"

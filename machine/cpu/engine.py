@@ -57,21 +57,17 @@ from unicorn import (
 )
 from unicorn.ppc_const import UC_PPC_REG_MSR
 
-from machine.cpu.layout import Layout, env_address, layout, new_engine
-from machine.cpu.quantum import emu_stop, free_later
+from machine.cpu import exceptions
+from machine.cpu.layout import Layout, enable_mmu, env_address, layout, new_engine
+from machine.cpu.quantum import do_interrupt, emu_stop, free_later, tlb_flush
 from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu, Watch, WatchHit
 from machine.events import FaultKind
 from machine.memory import GuestRAM
 from machine.platform import (
     FWCFG_BASE,
-    HCALL_INSN,
     PAGE_SIZE,
     ROM_BASE,
     ROM_SIZE,
-    SC_LEV0_INSN,
-    SPR_PIR,
-    SPR_SRR0,
-    SPR_SRR1,
 )
 
 _RAM_MAP_CHUNK = 16 * 1024 * 1024
@@ -81,12 +77,6 @@ _memmove: Any = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_voi
                                   ctypes.c_size_t)(ctypes._memmove_addr)  # type: ignore[attr-defined]
 #: emu_start's "until" address: odd, so no instruction fetch ever reaches it.
 _RUN_FOREVER = 0xFFFF_FFFF
-_SPR_IVPR = 63
-_SPR_IVOR8 = 408
-_MSR_KEEP_ON_INTERRUPT = 0x0002_1200  # CE | ME | DE survive interrupt entry (Book E)
-_INTNO_SC = 8
-_INTNO_PROGRAM = 6
-_INTNO_ILLEGAL = 96
 
 
 class Host(Protocol):
@@ -112,7 +102,7 @@ class Engine:
         self.layout: Layout = layout()
         self.ram = ram
         self.host = host
-        self.uc = uc = new_engine()
+        self.uc = uc = new_engine(mmu=True)
         handle = int(cast(Any, uc)._uch.value)
         self.handle = handle
         self._no_exit = ctypes.c_bool.from_address(handle + self.layout.no_exit_request)
@@ -136,10 +126,15 @@ class Engine:
         )
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_rom_write, begin=ROM_BASE,
                     end=ROM_BASE + ROM_SIZE - 1)
+        enable_mmu(uc, self.layout, self.env)
+        self._error_code = ctypes.c_uint32.from_address(self.env + self.layout.error_code)
+        #: QEMU's CPUState (for its exported functions: interrupt entry, TLB flush).
+        self._cpu = ctypes.c_uint64.from_address(handle + self.layout.env_path[0]).value
         #: The reset state every vCPU context starts from.
         self.template = ctypes.create_string_buffer(self.layout.env_size)
         ctypes.memmove(self.template, self.env, self.layout.env_size)
         self.current: VCpu | None = None
+        self._last: VCpu | None = None  # whose translations the engine caches
         #: Called with each vCPU the engine loads (the board brings its timebase up to date).
         self.on_load: Callable[[VCpu], None] = lambda cpu: None
         self._lock = threading.Lock()
@@ -161,20 +156,26 @@ class Engine:
     def reset_context(self, cpu: VCpu) -> None:
         """``cpu``'s context as at power-on (it must not be loaded)."""
         assert self.current is not cpu
-        _memmove(cpu.saved_base, ctypes.addressof(self.template), self.layout.env_size)
-        cpu.write_spr(SPR_PIR, cpu.index)
-        cpu.msr_dirty = True
+        cpu.power_on(ctypes.addressof(self.template))
+        self._last = None  # its TLB changed behind the engine's back
 
     def load(self, cpu: VCpu) -> None:
         """Make ``cpu`` the one the engine runs (saving the one loaded before)."""
         if self.current is cpu:
             return
+        last = self.current or self._last
         if self.current is not None:
             self.save()
         for off, length in self.layout.context_ranges:
             _memmove(self.env + off, cpu.saved_base + off, length)
         cpu.move_to(self.env)
         self.current = cpu
+        # The softmmu TLB and the jump cache hold the last CPU's translations: drop them unless
+        # both CPUs translate alike (the same TLB contents and PIDs: a flat machine, or CPUs
+        # sharing the kernel's bolted mappings before they diverge).
+        if last is None or not cpu.translates_like(last):
+            tlb_flush(self._cpu)
+        self._last = cpu
         self.on_load(cpu)
         if cpu.msr_dirty:
             cpu.msr_dirty = False
@@ -372,37 +373,21 @@ class Engine:
     def _on_interrupt(self, uc: Any, intno: int, _ud: Any) -> None:
         cpu = self.current
         assert cpu is not None
-        pc = cpu.nip  # the instruction after the one that trapped
-        cpu.hcall_pc = pc
-        insn = self.fetch_word(pc - 4)
-        if intno == _INTNO_SC and insn == HCALL_INSN:
+        pc = cpu.nip - 4  # unicorn advanced the PC past the instruction that trapped
+        if intno == exceptions.SYSCALL and self._error_code.value == 1:  # sc 1: a hypercall
+            cpu.hcall_pc = pc + 4
             result = self.host.hypercall(cpu)
             if result is not None:
                 self.stop_with(result)
             return
-        if intno == _INTNO_SC and insn == SC_LEV0_INSN and self._deliver(cpu, pc, _SPR_IVOR8):
+        handler = exceptions.vector(cpu, intno)
+        if handler is None or handler == pc:  # no handler, or it faults on its own entry
+            kind = exceptions.KIND.get(intno, FaultKind.EXCEPTION)
+            address = exceptions.fault_address(cpu, intno, pc)
+            self.stop_with(Exit(ExitKind.FAULT, pc, Fault(kind, pc, address, cpu.snapshot(pc))))
             return
-        kind = {
-            _INTNO_SC: FaultKind.SYSTEM_CALL,
-            _INTNO_ILLEGAL: FaultKind.ILLEGAL_INSTRUCTION,
-            _INTNO_PROGRAM: FaultKind.PROGRAM,
-        }.get(intno, FaultKind.EXCEPTION)
-        self.stop_with(Exit(ExitKind.FAULT, pc - 4,
-                            Fault(kind, pc - 4, None, cpu.snapshot(pc - 4))))
-
-    def _deliver(self, cpu: VCpu, return_pc: int, ivor: int) -> bool:
-        """Enter the guest's own interrupt handler, as the hardware would: SRR0/SRR1 saved,
-        MSR cleared except CE/ME/DE, PC = IVPR | IVORn.  False when no handler is set."""
-        ivpr = cpu.read_spr(_SPR_IVPR)
-        offset = cpu.read_spr(ivor)
-        if ivpr == 0 and offset == 0:
-            return False
-        msr = cpu.msr
-        cpu.write_spr(SPR_SRR0, return_pc)
-        cpu.write_spr(SPR_SRR1, msr)
-        self.uc.reg_write(UC_PPC_REG_MSR, msr & _MSR_KEEP_ON_INTERRUPT)
-        cpu.set_nip((ivpr & 0xFFFF_0000) | (offset & 0xFFF0))
-        return True
+        cpu.set_nip(pc)
+        do_interrupt(self._cpu)  # QEMU's powerpc_excp: SRR0/1, ESR, DEAR, MAS, MSR, vector
 
     def _on_unmapped(self, uc: Any, access: int, address: int, size: int, value: int,
                      _ud: Any) -> bool:
@@ -448,6 +433,9 @@ class Engine:
         if self.closed:
             return
         self.save()
+        # unicorn frees the TLB array its CPU state points to: give it back its own (every
+        # vCPU's context points to one the vCPU owns).
+        ctypes.memmove(self.env, ctypes.addressof(self.template), self.layout.env_size)
         self.closed = True
         for cpu in cpus:
             cpu.closed = True

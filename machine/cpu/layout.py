@@ -40,6 +40,7 @@ from unicorn import (
     UC_HOOK_MEM_WRITE_UNMAPPED,
     UC_MODE_BIG_ENDIAN,
     UC_MODE_PPC32,
+    UC_TLB_CPU,
     UC_TLB_VIRTUAL,
     Uc,
     UcError,
@@ -68,12 +69,34 @@ _SPR_SRR0 = 26
 _XER_SO_OV_CA = 0xE000_0000
 
 
-def new_engine() -> Uc:
-    """A fresh e500v2 unicorn instance (flat addressing: UC_TLB_VIRTUAL, EA = PA)."""
+def new_engine(*, mmu: bool = False) -> Uc:
+    """A fresh e500v2 unicorn instance: flat (UC_TLB_VIRTUAL, EA = PA), or with ``mmu`` in
+    UC_TLB_CPU mode, where QEMU's own MMU code translates once :func:`enable_mmu` ran."""
     uc: Any = Uc(UC_ARCH_PPC, UC_MODE_PPC32 | UC_MODE_BIG_ENDIAN)
     uc.ctl_set_cpu_model(UC_CPU_PPC32_E500V2_V22)
-    uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)  # not in unicorn's type stubs, present in 2.1.4
+    # (ctl_set_tlb_mode is not in unicorn's type stubs, and present in 2.1.4)
+    uc.ctl_set_tlb_mode(UC_TLB_CPU if mmu else UC_TLB_VIRTUAL)
     return uc
+
+
+#: QEMU's powerpc_mmu_t values (target/ppc/cpu-qom.h).
+MMU_REAL = 6
+MMU_BOOKE206 = 9
+#: e500v2's excp_model ... flags as unicorn sets them, after mmu_model: (bus_model, bfd_mach
+#: and excp_model vary by build only in their enum numbering, flags is a plain mask).
+_E500V2_FLAGS = 0x0002_0149  # POWERPC_FLAG_SPE | CE | UBLE | DE | BUS_CLK
+_TLB_ENTRY = 24  # sizeof(ppcmas_tlb_t): mas8, mas1 (u32), mas2, mas7_3 (u64)
+_SPR_TLB0CFG, _SPR_TLB1CFG = 688, 689
+
+
+def enable_mmu(uc: Uc, layout: Layout, env: int) -> None:
+    """Switch QEMU's Book E 2.06 MMU on (unicorn builds e500v2 with the "real" model) and
+    recompute the MMU index from the MSR."""
+    mmu = ctypes.c_uint32.from_address(env + layout.mmu_model)
+    if mmu.value not in (MMU_REAL, MMU_BOOKE206):
+        raise EngineLayoutError(f"unexpected MMU model {mmu.value}; {_REQUIRED}")
+    mmu.value = MMU_BOOKE206
+    uc.reg_write(UC_PPC_REG_MSR, uc.reg_read(UC_PPC_REG_MSR))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +114,10 @@ class Layout:
     spr_cb: tuple[int, int]  # [start, end): shared by every CPU, skipped by context swaps
     env_size: int
     no_exit_request: int  # in uc_struct
+    mmu_model: int  # POWERPC_MMU_REAL as unicorn leaves e500v2; BOOKE206 switches the MMU on
+    nb_tlb: int  # entries of the Book E TLB array (TLB0 + TLB1)
+    tlb: int  # the pointer to the Book E TLB array (ppcmas_tlb_t[nb_tlb], 24 bytes each)
+    error_code: int  # the pending exception's detail (a system call's LEV, a program check's)
 
     @property
     def context_ranges(self) -> tuple[tuple[int, int], ...]:
@@ -305,6 +332,65 @@ def _check_no_exit_request(offset: int) -> None:
             raise EngineLayoutError(f"no_exit_request check failed; {_REQUIRED}")
 
 
+def _find_mmu(spr: int, tail: int, env_size: int,
+              env_path: tuple[int, int]) -> tuple[int, int, int]:
+    """(mmu_model, nb_tlb, tlb): the MMU model is the int that reads MMU_REAL with e500v2's
+    flags four ints later; nb_tlb is TLB0CFG + TLB1CFG entries; the TLB array is the pointer
+    behind which a guest ``tlbwe`` to TLB1 entry 0 lands (checked after switching the MMU
+    on, on a scratch engine)."""
+    uc: Any = new_engine(mmu=True)
+    uc.mem_map(0, 0x10000)
+    handle = int(uc._uch.value)
+    env = ctypes.c_uint64.from_address(handle + env_path[0]).value + env_path[1]
+    blob = ctypes.string_at(env, env_size)
+    models = [i for i in range(tail, env_size - 20, 4)
+              if struct.unpack_from("=5I", blob, i)[::4] == (MMU_REAL, _E500V2_FLAGS)]
+    if len(models) != 1:
+        raise EngineLayoutError(f"could not locate the MMU model inside unicorn; {_REQUIRED}")
+    sprs = struct.unpack_from("=1024I", blob, spr)
+    nb_tlb = (sprs[_SPR_TLB0CFG] & 0xFFF) + (sprs[_SPR_TLB1CFG] & 0xFFF)
+    counts = [i for i in range(0, spr, 4) if struct.unpack_from("=I", blob, i)[0] == nb_tlb]
+    if not counts:
+        raise EngineLayoutError(f"could not locate the TLB size inside unicorn; {_REQUIRED}")
+    probe = Layout(env_path=env_path, spr=spr, msr=0, nip=0, lr=0, ctr=0, crf=0, xer=0,
+                   spr_cb=(0, 0), env_size=env_size, no_exit_request=0, mmu_model=models[0],
+                   nb_tlb=nb_tlb, tlb=0, error_code=0)
+    # tlbwe (before the MMU is on, so the stub itself need not be mapped): TLB1 entry 0 =
+    # V | TSIZE 4 KiB, EPN 0x5A5A_5000, RPN 0x0000_3000 | SR
+    mas = {624: 0x1000_0000, 625: 0x8000_0100, 626: 0x5A5A_5000, 627: 0x0000_3001, 944: 0}
+    words: list[int] = []
+    for n, value in mas.items():
+        words += [(15 << 26) | (3 << 21) | (value >> 16),  # lis r3, hi
+                  (24 << 26) | (3 << 21) | (3 << 16) | (value & 0xFFFF),  # ori r3, r3, lo
+                  _insn_mtspr(n, 3)]
+    _run_stub(uc, [*words, 0x7C00_07A4, _SC1])  # tlbwe
+    want = struct.pack("=IIQQ", 0, 0x8000_0100, 0x5A5A_5000, 0x3001)
+    ranges = _readable_ranges()
+    head = ctypes.string_at(env, spr)
+    for off in range(counts[0], spr - 8, 8):
+        (p,) = struct.unpack_from("=Q", head, off)
+        at = p + (nb_tlb - 16) * _TLB_ENTRY  # TLB1 follows TLB0's entries
+        if _window(ranges, at, _TLB_ENTRY) >= _TLB_ENTRY and ctypes.string_at(at, 24) == want:
+            enable_mmu(uc, probe, env)  # the model is accepted: the MSR re-applies cleanly
+            return models[0], nb_tlb, off
+    raise EngineLayoutError(f"could not locate the TLB array inside unicorn; {_REQUIRED}")
+
+
+def _find_error_code(uc: Uc, env: int, tail: int, env_size: int) -> int:
+    """The int after the SPR table that holds a system call's LEV as the INTR hook sees it:
+    the one place that reads 0x55 after ``sc 0x55`` and 0x2A after ``sc 0x2A``."""
+    found: set[int] | None = None
+    for lev in (0x55, 0x2A):
+        _run_stub(uc, [0x4400_0002 | lev << 5])
+        blob = ctypes.string_at(env + tail, env_size - tail)
+        here = {tail + i for i in range(0, len(blob) - 4, 4)
+                if struct.unpack_from("=I", blob, i)[0] == lev}
+        found = here if found is None else found & here
+    if not found or len(found) != 1:
+        raise EngineLayoutError(f"could not locate the exception detail in unicorn; {_REQUIRED}")
+    return found.pop()
+
+
 def _discover() -> Layout:
     uc = new_engine()
     uc.mem_map(0, 0x10000)
@@ -332,12 +418,15 @@ def _discover() -> Layout:
     env_size = _find_env_size(uc, env, spr_cb[1])
     no_exit = _find_no_exit_request(uc, env_size)
     _check_no_exit_request(no_exit)
+    mmu_model, nb_tlb, tlb = _find_mmu(spr, spr_cb[1], env_size, env_path)
+    error_code = _find_error_code(uc, env, spr_cb[1], env_size)
     for name, off in (("MSR", msr), ("PC", nip), ("LR", lr), ("CTR", ctr), ("XER", xer),
                       ("CR", crf)):
         if not 32 * 4 <= off < spr:
             raise EngineLayoutError(f"{name} is not where expected; {_REQUIRED}")
     return Layout(env_path=env_path, spr=spr, msr=msr, nip=nip, lr=lr, ctr=ctr, crf=crf,
-                  xer=xer, spr_cb=spr_cb, env_size=env_size, no_exit_request=no_exit)
+                  xer=xer, spr_cb=spr_cb, env_size=env_size, no_exit_request=no_exit,
+                  mmu_model=mmu_model, nb_tlb=nb_tlb, tlb=tlb, error_code=error_code)
 
 
 _lock = threading.Lock()

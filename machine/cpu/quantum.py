@@ -64,6 +64,13 @@ _UC_EMU_STOP = cast(int, ctypes.cast(_unicorn.uc_emu_stop, ctypes.c_void_p).valu
 #: ``uc_emu_stop(handle)`` without releasing the GIL (from the engine's own hooks).
 emu_stop: Any = _unicorn.uc_emu_stop
 emu_stop.argtypes = [ctypes.c_void_p]
+#: QEMU's functions the engine calls on its CPUState, from its own thread, keeping the GIL:
+#: ``tlb_flush`` (drop cached translations and the jump cache when another vCPU is loaded)
+#: and ``ppc_cpu_do_interrupt`` (enter the guest's handler for a pending exception).
+tlb_flush: Any = _unicorn.tlb_flush_ppc
+tlb_flush.argtypes = [ctypes.c_void_p]
+do_interrupt: Any = _unicorn.ppc_cpu_do_interrupt_ppc
+do_interrupt.argtypes = [ctypes.c_void_p]
 
 
 def _spec(seconds: float) -> _Itimerspec:

@@ -22,9 +22,30 @@ from typing import Any
 
 from machine.cpu.layout import Layout
 from machine.events import CpuState, FaultKind
-from machine.platform import SPR_PIR, SPR_TBL_READ
+from machine.platform import (
+    MAS1_IPROT,
+    MAS1_V,
+    MAS3_ALL,
+    POWER_ON_TLB1,
+    SPR_PIR,
+    SPR_TBL_READ,
+    mas1_tsize,
+)
 
 _XER_SO, _XER_OV, _XER_CA = 31, 30, 29
+TLB1_ENTRIES = 16
+TLB_ENTRY_SIZE = 24
+_PIDS = (48, 633, 634)  # PID0, PID1, PID2
+_memcmp: Any = ctypes.PyDLL(None).memcmp  # keeps the GIL (a short call on the worker)
+_memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+_memcmp.restype = ctypes.c_int
+
+
+class TlbEntry(ctypes.Structure):
+    """QEMU's ``ppcmas_tlb_t``: one Book E TLB entry as MAS registers."""
+
+    _fields_ = [("mas8", ctypes.c_uint32), ("mas1", ctypes.c_uint32),
+                ("mas2", ctypes.c_uint64), ("mas7_3", ctypes.c_uint64)]
 
 
 class ExitKind(enum.Enum):
@@ -99,9 +120,10 @@ class VCpu:
         self.index = index
         self.layout = layout
         self._buf = ctypes.create_string_buffer(layout.env_size)
-        ctypes.memmove(self._buf, template, layout.env_size)  # a freshly reset CPU's state
         self.saved_base = ctypes.addressof(self._buf)
         self.base = self.saved_base
+        #: This CPU's own Book E TLB array (TLB0 then TLB1), which its context points to.
+        self._tlb = ctypes.create_string_buffer(layout.nb_tlb * TLB_ENTRY_SIZE)
         self.msr_dirty = False
         self.closed = False
         #: Where the CPU resumes (the trio side's view; the engine's PC while it runs).
@@ -122,7 +144,35 @@ class VCpu:
         self._nip: Any
         self._tb: Any
         self.move_to(self.saved_base)
-        self.write_spr(SPR_PIR, index)
+        self.power_on(template)
+
+    def power_on(self, template: int) -> None:
+        """The context of a freshly reset CPU (it must not be loaded in the engine): the
+        engine's reset state, PIR = index, its own TLB array holding the power-on mapping
+        (platform.POWER_ON_TLB1)."""
+        ctypes.memmove(self.saved_base, template, self.layout.env_size)
+        tlb = ctypes.addressof(self._tlb)
+        ctypes.c_uint64.from_address(self.saved_base + self.layout.tlb).value = tlb
+        ctypes.memset(tlb, 0, len(self._tlb))
+        tlb1 = tlb + (self.layout.nb_tlb - TLB1_ENTRIES) * TLB_ENTRY_SIZE
+        for esel, ea, size, wimge in POWER_ON_TLB1:
+            entry = TlbEntry.from_address(tlb1 + esel * TLB_ENTRY_SIZE)
+            entry.mas1 = MAS1_V | MAS1_IPROT | mas1_tsize(size)
+            entry.mas2 = ea | wimge
+            entry.mas7_3 = ea | MAS3_ALL
+        self.write_spr(SPR_PIR, self.index)
+        self.msr_dirty = True
+
+    def translates_like(self, other: VCpu) -> bool:
+        """Same TLB contents and PIDs as ``other``: addresses translate alike on both."""
+        return (all(self.read_spr(n) == other.read_spr(n) for n in _PIDS)
+                and _memcmp(self._tlb, other._tlb, len(self._tlb)) == 0)
+
+    def tlb1(self, esel: int) -> TlbEntry:
+        """TLB1 entry ``esel`` of this CPU (the array lives outside the engine: valid from
+        any thread; the engine drops its cached translations when it next loads the CPU)."""
+        tlb1 = ctypes.addressof(self._tlb) + (self.layout.nb_tlb - TLB1_ENTRIES) * TLB_ENTRY_SIZE
+        return TlbEntry.from_address(tlb1 + esel * TLB_ENTRY_SIZE)
 
     def move_to(self, base: int) -> None:
         """The engine moved the context (loaded into ``env``, or saved back)."""

@@ -61,6 +61,11 @@ _FAULT_SIGNALS = {
     FaultKind.ILLEGAL_INSTRUCTION: Signal.ILL,
     FaultKind.PROGRAM: Signal.ILL,
     FaultKind.SYSTEM_CALL: Signal.SYS,
+    FaultKind.DATA_TLB_MISS: Signal.SEGV,
+    FaultKind.INSTRUCTION_TLB_MISS: Signal.SEGV,
+    FaultKind.DATA_STORAGE: Signal.SEGV,
+    FaultKind.INSTRUCTION_STORAGE: Signal.SEGV,
+    FaultKind.ALIGNMENT: Signal.SEGV,
 }
 
 

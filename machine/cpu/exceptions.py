@@ -1,0 +1,69 @@
+"""Which guest exceptions the engine vectors, and how an unhandled one is reported.
+
+QEMU's own ``powerpc_excp`` enters the guest's handler (SRR0/SRR1, ESR, DEAR, the MAS
+registers on a TLB miss, MSR, IVPR | IVORn): the engine calls it from the INTR hook.  What is
+decided here is only *whether* to: a firmware developer whose code takes an exception it has
+no handler for (IVPR and the IVOR never set, or the same exception again at the handler's own
+address, which would loop for ever) gets a guest fault report and exit 125 instead.
+
+The numbers are QEMU's ``POWERPC_EXCP_*`` (target/ppc/cpu.h), which is what the hook is given.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from machine.cpu.vcpu import VCpu
+from machine.events import FaultKind
+
+SPR_IVPR: Final = 63
+SPR_DEAR: Final = 61
+_IVOR0, _IVOR32 = 400, 528
+
+SYSCALL: Final = 8
+#: QEMU raises an illegal instruction or SPR as "HV emulation assistance"; on a CPU without
+#: a hypervisor mode its powerpc_excp turns it into a program interrupt (IVOR6).
+HV_EMU: Final = 96
+
+#: exception number -> IVOR register number
+IVOR: Final[dict[int, int]] = {
+    **{n: _IVOR0 + n for n in range(16)},  # critical .. debug
+    32: _IVOR32, 33: _IVOR32 + 1, 34: _IVOR32 + 2, 35: _IVOR32 + 3,  # SPE / embedded FP
+    HV_EMU: _IVOR0 + 6,
+}
+
+#: exception number -> how it is reported when the guest has no handler
+KIND: Final[dict[int, FaultKind]] = {
+    2: FaultKind.DATA_STORAGE,
+    3: FaultKind.INSTRUCTION_STORAGE,
+    5: FaultKind.ALIGNMENT,
+    6: FaultKind.PROGRAM,
+    SYSCALL: FaultKind.SYSTEM_CALL,
+    13: FaultKind.DATA_TLB_MISS,
+    14: FaultKind.INSTRUCTION_TLB_MISS,
+    HV_EMU: FaultKind.ILLEGAL_INSTRUCTION,
+}
+
+#: Exceptions whose faulting address is DEAR (the others report none, or the PC).
+_DATA: Final = frozenset({2, 5, 13})
+_INSTRUCTION: Final = frozenset({3, 14})
+
+
+def vector(cpu: VCpu, excp: int) -> int | None:
+    """Where ``cpu``'s handler for ``excp`` is, or None when the guest has none."""
+    ivor = IVOR.get(excp)
+    if ivor is None:
+        return None
+    ivpr, offset = cpu.read_spr(SPR_IVPR), cpu.read_spr(ivor)
+    if ivpr == 0 and offset == 0:
+        return None
+    return (ivpr & 0xFFFF_0000) | (offset & 0xFFF0)
+
+
+def fault_address(cpu: VCpu, excp: int, pc: int) -> int | None:
+    """The address a report of an unhandled ``excp`` names."""
+    if excp in _DATA:
+        return cpu.read_spr(SPR_DEAR)
+    if excp in _INSTRUCTION:
+        return pc
+    return None
