@@ -59,7 +59,7 @@ from unicorn.ppc_const import UC_PPC_REG_MSR
 
 from machine.cpu import exceptions
 from machine.cpu.layout import Layout, enable_mmu, env_address, layout, new_engine
-from machine.cpu.quantum import do_interrupt, emu_stop, free_later, tlb_flush
+from machine.cpu.quantum import do_interrupt, emu_stop, free_later, tlb_flush, vmem_translate
 from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu, Watch, WatchHit
 from machine.events import FaultKind
 from machine.memory import GuestRAM
@@ -386,6 +386,11 @@ class Engine:
             address = exceptions.fault_address(cpu, intno, pc)
             self.stop_with(Exit(ExitKind.FAULT, pc, Fault(kind, pc, address, cpu.snapshot(pc))))
             return
+        if intno == exceptions.ALIGNMENT:  # QEMU 5 does not set DEAR: work it out
+            insn = self.fetch_word(pc, translate=True)
+            ea = exceptions.effective_address(insn, cpu.gpr)
+            if ea is not None:
+                cpu.write_spr(exceptions.SPR_DEAR, ea)
         cpu.set_nip(pc)
         do_interrupt(self._cpu)  # QEMU's powerpc_excp: SRR0/1, ESR, DEAR, MAS, MSR, vector
 
@@ -417,8 +422,21 @@ class Engine:
         self.host.store(self.current, address, data)
         return True
 
-    def fetch_word(self, addr: int) -> int:
-        """The instruction word at ``addr``: straight from RAM or ROM (no engine call)."""
+    def translate(self, addr: int, prot: int = UC_PROT_READ) -> int | None:
+        """The physical address the loaded CPU's MMU gives ``addr`` (worker thread)."""
+        out = ctypes.c_uint64()
+        if vmem_translate(self.handle, addr, prot, ctypes.byref(out)) != 0:
+            return None
+        return int(out.value)
+
+    def fetch_word(self, addr: int, *, translate: bool = False) -> int:
+        """The instruction word at ``addr`` (physical, or through the loaded CPU's MMU):
+        straight from RAM or ROM; 0 where there is neither."""
+        if translate:
+            phys = self.translate(addr, UC_PROT_EXEC)
+            if phys is None:
+                return 0
+            addr = phys
         if self.ram.contains(addr, 4):
             off = addr - self.ram.base
             return int.from_bytes(self.ram.view[off : off + 4], "big")

@@ -11,6 +11,7 @@ The numbers are QEMU's ``POWERPC_EXCP_*`` (target/ppc/cpu.h), which is what the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from machine.cpu.vcpu import VCpu
@@ -18,6 +19,7 @@ from machine.events import FaultKind
 
 SPR_IVPR: Final = 63
 SPR_DEAR: Final = 61
+ALIGNMENT: Final = 5
 _IVOR0, _IVOR32 = 400, 528
 
 SYSCALL: Final = 8
@@ -66,4 +68,17 @@ def fault_address(cpu: VCpu, excp: int, pc: int) -> int | None:
         return cpu.read_spr(SPR_DEAR)
     if excp in _INSTRUCTION:
         return pc
+    return None
+
+
+def effective_address(insn: int, gpr: Callable[[int], int]) -> int | None:
+    """The address a load or store instruction accesses (D-form, and X-form under primary
+    opcode 31), for the DEAR of an alignment interrupt; None for anything else."""
+    op, ra = insn >> 26, (insn >> 16) & 31
+    base = gpr(ra) if ra else 0
+    if 32 <= op <= 55:  # lwz .. stfdu: EA = (rA|0) + d
+        d = insn & 0xFFFF
+        return (base + (d - 0x10000 if d & 0x8000 else d)) & 0xFFFF_FFFF
+    if op == 31:  # lwarx, stwcx., lwzx, stwx, ...: EA = (rA|0) + rB
+        return (base + gpr((insn >> 11) & 31)) & 0xFFFF_FFFF
     return None

@@ -71,6 +71,10 @@ tlb_flush: Any = _unicorn.tlb_flush_ppc
 tlb_flush.argtypes = [ctypes.c_void_p]
 do_interrupt: Any = _unicorn.ppc_cpu_do_interrupt_ppc
 do_interrupt.argtypes = [ctypes.c_void_p]
+#: ``uc_vmem_translate(handle, address, prot, &physical)``: the loaded CPU's translation.
+vmem_translate: Any = _unicorn.uc_vmem_translate
+vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
+                           ctypes.POINTER(ctypes.c_uint64)]
 
 
 def _spec(seconds: float) -> _Itimerspec:
