@@ -182,7 +182,9 @@ def spin_entry_addr(ram_size: int, cpu: int) -> int:
 
 # --- Device tree ---------------------------------------------------------------------------
 
-DT_COMPATIBLE: Final = "fwcfg-e500"
+#: The root's compatible list.  Linux picks its platform in setup_arch (probe_machine) from
+#: it, long before it reads anything else: "fsl,qemu-e500" selects its QEMU e500 platform.
+DT_COMPATIBLE: Final = ("fwcfg-e500", "fsl,qemu-e500")
 DT_MODEL: Final = "fwcfg-e500"
 DT_HYPERVISOR_COMPATIBLE: Final = "epapr,hypervisor-1"
 DT_BYTE_CHANNEL_COMPATIBLE: Final = "epapr,hv-byte-channel"

@@ -254,7 +254,7 @@ def build_fdt(cfg: TreeConfig) -> bytes:
         "/",
         fdt.PropWords("#address-cells", 2),
         fdt.PropWords("#size-cells", 2),
-        fdt.PropStrings("compatible", P.DT_COMPATIBLE),
+        fdt.PropStrings("compatible", *P.DT_COMPATIBLE),
         fdt.PropStrings("model", P.DT_MODEL),
         _memory_node(cfg, 2, 2),
         _cpus_node(cfg),
