@@ -341,8 +341,10 @@ class E500Machine(Parking):
         if i == 0:
             kernel = self.images.kernel
             assert kernel is not None
+            ima = ima_size(self.images.dtb_addr + len(self.images.fdt))
             cpu.set_gprs({1: DIRECT_BOOT_STACK, 3: self.images.dtb_addr, 6: EPAPR_MAGIC,
-                          7: ima_size(self.images.dtb_addr + len(self.images.fdt))})
+                          7: ima})
+            cpu.epapr_mapping(0, ima)  # ePAPR: the initial mapped area, and nothing else
             return kernel.entry
         return None  # held on the entry written by _arm_spin_table
 

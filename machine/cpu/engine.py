@@ -173,7 +173,8 @@ class Engine:
         # The softmmu TLB and the jump cache hold the last CPU's translations: drop them unless
         # both CPUs translate alike (the same TLB contents and PIDs: a flat machine, or CPUs
         # sharing the kernel's bolted mappings before they diverge).
-        if last is None or not cpu.translates_like(last):
+        if last is None or cpu.tlb_changed or not cpu.translates_like(last):
+            cpu.tlb_changed = False
             tlb_flush(self._cpu)
         self._last = cpu
         self.on_load(cpu)

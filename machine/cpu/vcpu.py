@@ -162,6 +162,21 @@ class VCpu:
             entry.mas7_3 = ea | MAS3_ALL
         self.write_spr(SPR_PIR, self.index)
         self.msr_dirty = True
+        #: The TLB array changed outside the guest's own tlbwe: the engine must drop what it
+        #: cached from it when it next loads this CPU.
+        self.tlb_changed = True
+
+    def epapr_mapping(self, physical: int, size: int) -> None:
+        """The ePAPR entry state's mapping: TLB1 holds one IPROT entry (ESEL 0) mapping EA 0
+        to ``physical`` with ``size`` bytes, and nothing else (as QEMU's ppce500 hands a
+        kernel its initial mapped area, and its spin code a released secondary)."""
+        tlb1 = ctypes.addressof(self._tlb) + (self.layout.nb_tlb - TLB1_ENTRIES) * TLB_ENTRY_SIZE
+        ctypes.memset(tlb1, 0, TLB1_ENTRIES * TLB_ENTRY_SIZE)
+        entry = TlbEntry.from_address(tlb1)
+        entry.mas1 = MAS1_V | MAS1_IPROT | mas1_tsize(size)
+        entry.mas2 = 0
+        entry.mas7_3 = physical | MAS3_ALL
+        self.tlb_changed = True
 
     def translates_like(self, other: VCpu) -> bool:
         """Same TLB contents and PIDs as ``other``: addresses translate alike on both."""

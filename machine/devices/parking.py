@@ -126,6 +126,10 @@ class Parking:
         r3 = fields.r3 & 0xFFFF_FFFF
         target = fields.entry_addr & 0xFFFF_FFFF
         enter_as_secondary(slot.cpu, r3)
+        # As ePAPR (and QEMU's spin code) release a secondary: MSR = 0 and one TLB1 entry of
+        # 64 MiB mapping EA 0 to the 64 MiB block that holds its entry point.
+        slot.cpu.set_msr(0)
+        slot.cpu.epapr_mapping(target & ~(SECONDARY_IMA_SIZE - 1), SECONDARY_IMA_SIZE)
         self.events.emit(CpuReleased(time=self.now(), cpu=i, entry=target, r3=r3,
                                      by="spin-table"))
         return target
