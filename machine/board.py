@@ -5,13 +5,12 @@ lifetime.  Everything is checked and loaded when the machine is *built* (bad hos
 :class:`fwcfg.ConfigError` before any guest code runs); :meth:`E500Machine.run` then powers it
 on inside one trio nursery:
 
-* one task per CPU drives its :class:`~machine.cpu.vcpu.VCpu`: run a slice, act on how it ended
-  (park, power off, reset, fault), repeat.  A parked CPU costs zero host CPU: either its task
-  awaits a ``trio.Event`` while its worker thread waits for work, or (FW_WAIT_STORE on a page
-  every CPU already watches) its worker blocks inside the hypercall hook while the task still
-  awaits the slice; docs/DESIGN.md "Parking" says why there are two.
-* the run's shared ticker (:mod:`machine.cpu.timebase`) advances every running CPU's timebase at
-  least every millisecond (unicorn's does not tick) and sleeps when no CPU runs.
+* one engine runs every CPU (:mod:`machine.cpu.engine`), switched by the scheduler on one
+  worker thread (:mod:`machine.cpu.scheduler`); one trio task per CPU asks it for slices and
+  acts on how they end (park, power off, reset, fault).  A parked CPU costs zero host CPU:
+  it is simply not runnable (docs/DESIGN.md "Parking").
+* each CPU's timebase and decrementer follow host time, exact when read
+  (:mod:`machine.cpu.timers`).
 
 The run ends on FW_POWEROFF (its code is the result), on a guest fault, on the timeout, or when
 the caller cancels; in every case all CPUs are stopped before ``run`` returns.
@@ -35,7 +34,7 @@ from machine.boot import images as boot
 from machine.config import MachineConfig, check_config
 from machine.cpu.engine import Engine
 from machine.cpu.scheduler import Scheduler
-from machine.cpu.timebase import Ticker, ticker
+from machine.cpu.timers import Clock, Timers
 from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu
 from machine.devices import hypercalls
 from machine.devices.console import Console
@@ -49,6 +48,7 @@ from machine.events import (
     FwCfgSelect,
     GuestFault,
     Hypercall,
+    ParkReason,
     PowerOff,
     Reset,
 )
@@ -58,7 +58,6 @@ from machine.platform import (
     EPAPR_MAGIC,
     FWCFG_SIZE,
     ROM_SIZE,
-    TIMEBASE_HZ,
     EvStatus,
     ima_size,
     spin_table_base,
@@ -106,7 +105,6 @@ class E500Machine(Parking):
         self._stop_event: trio.Event | None = None
         self._reset_requested = False
         self._running_count = 0
-        self._timebase: Ticker = Ticker()  # replaced by the run's shared ticker in run()
         #: Set by machine.debug.gdbstub while a debugger may attach (debugger support, issue 6).
         self.debug: DebugControl | None = None
 
@@ -124,9 +122,13 @@ class E500Machine(Parking):
         #: The machine's one CPU engine, and the scheduler that runs its vCPUs in it.
         self.engine = Engine(self.ram, ctypes.addressof(self._rom_anchor), _Host(self))
         self.cpus = [self.engine.new_vcpu(i) for i in range(self.n_cpus)]
-        self.engine.on_load = lambda cpu: cpu.set_timebase(self._ticks())
+        #: Every CPU's timebase and decrementer (machine/cpu/timers.py).
+        self.clock = Clock()
+        self.timers = Timers(self.clock, self.cpus)
+        self.engine.timers = self.timers
         self.scheduler = Scheduler(self.engine, self.cpus)
         self._slots = [CpuSlot(cpu) for cpu in self.cpus]
+        self.scheduler.on_boundary = self._timer_boundary
         self.engine.watch_page(spin_table_base(self.ram_size))
         self._init_public_api()
 
@@ -147,8 +149,6 @@ class E500Machine(Parking):
         self.console.attach(self._token, self._wake_idle_on_input)
         self.events.attach(self._token)
         started = False
-        self._timebase = ticker()
-        self._timebase.add(self)
         try:
             with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
                 while True:
@@ -180,7 +180,6 @@ class E500Machine(Parking):
                 self.events.emit(PowerOff(time=self.now(), code=124,
                                           reason=self._stop_result.reason))
         finally:
-            self._timebase.remove(self)
             self.console.flush()
             self.events.flush()
             if not started:
@@ -295,14 +294,11 @@ class E500Machine(Parking):
             while True:
                 if self.debug is not None:  # debugger support (issue 6)
                     pc = await self.debug.gate(cpu.index, pc)
-                self._set_running(+1)
                 slot.in_slice = True
                 try:
-                    cpu.set_timebase(self._ticks())
                     exit_ = await cpu.run(pc)
                 finally:
                     slot.in_slice = False
-                    self._set_running(-1)
                     slot.generation += 1
                     slot.lot.unpark_all()
                 pc = exit_.pc
@@ -376,32 +372,22 @@ class E500Machine(Parking):
 
     # --- time ------------------------------------------------------------------------------
 
-    def _ticks(self) -> int:
-        return (time.monotonic_ns() - self._t0) * (TIMEBASE_HZ // 1_000_000) // 1000
-
     def _set_running(self, delta: int, from_worker: bool = False) -> None:
-        """Count CPUs that execute; the ticker sleeps while there are none.  Worker threads
-        (CPUs parking inside a slice) call this too, hence the lock."""
-        with self._lock:
-            self._running_count += delta
-            wake = delta > 0 and self._running_count == delta  # 0 -> running: the ticker
-        if wake:  # may be asleep; otherwise it is ticking already and needs no call
-            if from_worker:
-                self._soon(self._timebase.poke)
-            else:
-                self._timebase.poke()
+        """(Parking calls this as CPUs stop and start running; nothing needs the count.)"""
 
-    # The shared timebase ticker (machine/cpu/timebase.py) calls these on the trio thread.
-
-    def wants_ticks(self) -> bool:
-        return self._running_count > 0
-
-    def tick(self) -> None:
-        """Advance the timebase of the CPU in the engine (the others are brought up to date
-        as the scheduler loads them: :attr:`Engine.on_load`)."""
-        cpu = self.engine.current
-        if cpu is not None:
-            cpu.set_timebase(self._ticks())
+    def _timer_boundary(self) -> int | None:
+        """Between slices (worker): decrementers that reached 0 raise their input; a CPU
+        idling in EV_IDLE with an interrupt now pending wakes.  Returns when the engine must
+        next stop for a timer (CLOCK_MONOTONIC ns), or None."""
+        for cpu in self.timers.service():
+            if self.engine.current is cpu:
+                self.engine.raise_decrementer()
+            slot = self._slots[cpu.index]
+            slot.interrupt_pending = True
+            if slot.parked is ParkReason.IDLE:
+                self._soon(slot.wake.set)
+        due = self.timers.next_expiry()
+        return None if due is None else self.clock.monotonic_ns(due)
 
     def _power_on_reset(self) -> None:
         """FW_RESET: RAM back to zeros, devices to their reset state, CPUs to power-on."""

@@ -148,7 +148,8 @@ class CpuParked(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CpuWoken(Event):
-    """A parked CPU resumes; ``by`` says what woke it (``store``, ``console``, ``release``)."""
+    """A parked CPU resumes; ``by`` says what woke it (``store``, ``console``, ``release``,
+    ``interrupt``: a timer raised one of its interrupt inputs)."""
 
     cpu: int
     by: str

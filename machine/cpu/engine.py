@@ -31,7 +31,6 @@ from __future__ import annotations
 import ctypes
 import itertools
 import threading
-from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from unicorn import (
@@ -58,8 +57,24 @@ from unicorn import (
 from unicorn.ppc_const import UC_PPC_REG_MSR
 
 from machine.cpu import exceptions
-from machine.cpu.layout import Layout, enable_mmu, env_address, layout, new_engine
-from machine.cpu.quantum import do_interrupt, emu_stop, free_later, tlb_flush, vmem_translate
+from machine.cpu.layout import (
+    EngineLayoutError,
+    Layout,
+    enable_mmu,
+    env_address,
+    layout,
+    new_engine,
+)
+from machine.cpu.native import (
+    booke_timers_init,
+    do_interrupt,
+    emu_stop,
+    set_irq,
+    tlb_flush,
+    vmem_translate,
+)
+from machine.cpu.quantum import free_later
+from machine.cpu.timers import TRAPPED, Timers
 from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu, Watch, WatchHit
 from machine.events import FaultKind
 from machine.memory import GuestRAM
@@ -68,9 +83,12 @@ from machine.platform import (
     PAGE_SIZE,
     ROM_BASE,
     ROM_SIZE,
+    TIMEBASE_HZ,
 )
 
 _RAM_MAP_CHUNK = 16 * 1024 * 1024
+_PPC_TIMER_E500 = 2  # QEMU's PPC_TIMER_E500 flag for ppc_booke_timers_init
+IRQ_DECR = 8  # QEMU's PPC_INTERRUPT_DECR input
 #: memmove that keeps the GIL (ctypes.memmove releases it, and then the worker may wait to get
 #: it back from another thread in the middle of a context switch).
 _memmove: Any = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -130,13 +148,17 @@ class Engine:
         self._error_code = ctypes.c_uint32.from_address(self.env + self.layout.error_code)
         #: QEMU's CPUState (for its exported functions: interrupt entry, TLB flush).
         self._cpu = ctypes.c_uint64.from_address(handle + self.layout.env_path[0]).value
+        # QEMU's TCR/TSR code needs its timer state; the timebase and decrementer themselves
+        # are emulated (machine/cpu/timers.py): their SPR accesses trap to the INTR hook.
+        booke_timers_init(self._cpu, TIMEBASE_HZ, _PPC_TIMER_E500)
+        self._trap_sprs(TRAPPED)
+        #: The vCPUs' timers (set by the board once it has built them).
+        self.timers: Timers | None = None
         #: The reset state every vCPU context starts from.
         self.template = ctypes.create_string_buffer(self.layout.env_size)
         ctypes.memmove(self.template, self.env, self.layout.env_size)
         self.current: VCpu | None = None
         self._last: VCpu | None = None  # whose translations the engine caches
-        #: Called with each vCPU the engine loads (the board brings its timebase up to date).
-        self.on_load: Callable[[VCpu], None] = lambda cpu: None
         self._lock = threading.Lock()
         self._watched: set[int] = set()
         self._pending_watches: set[int] = set()
@@ -152,6 +174,27 @@ class Engine:
 
     def new_vcpu(self, index: int) -> VCpu:
         return VCpu(index, self.layout, ctypes.addressof(self.template))
+
+    def _trap_sprs(self, sprs: tuple[int, ...]) -> None:
+        """Make every access to ``sprs`` a privilege exception: point all six callbacks of
+        their SPR table records (user/supervisor/hypervisor read and write) at QEMU's "no
+        access" marker, which TBL's write callbacks already hold.  The table is not part of
+        a vCPU's context, so this holds for every vCPU."""
+        lo, hi = self.layout.spr_cb
+        stride = (hi - lo) // 1024
+
+        def callbacks(n: int) -> Any:
+            return (ctypes.c_uint64 * 6).from_address(self.env + lo + stride * n)
+
+        tbl = callbacks(268)
+        noaccess = int(tbl[1])  # uea_write
+        if not noaccess or int(tbl[3]) != noaccess:  # oea_write: the same marker
+            raise EngineLayoutError("the SPR table does not have the expected layout; "
+                                    "unicorn==2.1.4 is required")
+        for n in sprs:
+            cb = callbacks(n)
+            for k in range(6):
+                cb[k] = noaccess
 
     def reset_context(self, cpu: VCpu) -> None:
         """``cpu``'s context as at power-on (it must not be loaded)."""
@@ -176,11 +219,16 @@ class Engine:
         if last is None or cpu.tlb_changed or not cpu.translates_like(last):
             cpu.tlb_changed = False
             tlb_flush(self._cpu)
+        # Its interrupt inputs: QEMU keeps the lines in the context, the request outside it.
+        set_irq(self._cpu, IRQ_DECR, int(Timers.decrementer_level(cpu)))
         self._last = cpu
-        self.on_load(cpu)
         if cpu.msr_dirty:
             cpu.msr_dirty = False
             self.uc.reg_write(UC_PPC_REG_MSR, cpu.msr)  # recomputes hflags and MMU index
+
+    def raise_decrementer(self) -> None:
+        """The loaded CPU's decrementer input went up (worker, between slices)."""
+        set_irq(self._cpu, IRQ_DECR, 1)
 
     def save(self) -> None:
         cpu, self.current = self.current, None
@@ -375,6 +423,9 @@ class Engine:
         cpu = self.current
         assert cpu is not None
         pc = cpu.nip - 4  # unicorn advanced the PC past the instruction that trapped
+        if intno in exceptions.PRIVILEGED and self.timers is not None \
+                and self.timers.emulate(cpu, self.fetch_word(pc, translate=True)):
+            return  # a timebase or decrementer access, answered (the PC is past it)
         if intno == exceptions.SYSCALL and self._error_code.value == 1:  # sc 1: a hypercall
             cpu.hcall_pc = pc + 4
             result = self.host.hypercall(cpu)

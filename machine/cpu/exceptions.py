@@ -23,9 +23,12 @@ ALIGNMENT: Final = 5
 _IVOR0, _IVOR32 = 400, 528
 
 SYSCALL: Final = 8
+PROGRAM: Final = 6
 #: QEMU raises an illegal instruction or SPR as "HV emulation assistance"; on a CPU without
 #: a hypervisor mode its powerpc_excp turns it into a program interrupt (IVOR6).
 HV_EMU: Final = 96
+#: What an access to a trapped SPR raises (machine/cpu/timers.py).
+PRIVILEGED: Final = frozenset({PROGRAM, HV_EMU})
 
 #: exception number -> IVOR register number
 IVOR: Final[dict[int, int]] = {

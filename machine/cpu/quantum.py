@@ -18,13 +18,11 @@ timer in a process is checked by stopping a scratch engine that loops forever.
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 import time
 from typing import Any, cast
 
-import unicorn
-
+from machine.cpu import native
 from machine.cpu.layout import EngineLayoutError, new_engine
 
 _CLOCK_MONOTONIC = 1
@@ -50,31 +48,14 @@ class _Itimerspec(ctypes.Structure):
     _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
 
 
-# PyDLL: these calls are short syscalls; keeping the GIL across them means the worker never
-# hands it to another thread on the way (each CDLL call releases it).
-_libc: Any = ctypes.PyDLL(None)
+_libc: Any = ctypes.PyDLL(None)  # keeps the GIL across these short syscalls
 _libc.timer_create.argtypes = [ctypes.c_int, ctypes.POINTER(_Sigevent),
                                ctypes.POINTER(ctypes.c_void_p)]
 _libc.timer_settime.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_Itimerspec),
                                 ctypes.c_void_p]
 _libc.timer_delete.argtypes = [ctypes.c_void_p]
-_unicorn: Any = ctypes.PyDLL(os.path.join(os.path.dirname(unicorn.__file__), "lib",
-                                          "libunicorn.so.2"))
-_UC_EMU_STOP = cast(int, ctypes.cast(_unicorn.uc_emu_stop, ctypes.c_void_p).value)
-#: ``uc_emu_stop(handle)`` without releasing the GIL (from the engine's own hooks).
-emu_stop: Any = _unicorn.uc_emu_stop
-emu_stop.argtypes = [ctypes.c_void_p]
-#: QEMU's functions the engine calls on its CPUState, from its own thread, keeping the GIL:
-#: ``tlb_flush`` (drop cached translations and the jump cache when another vCPU is loaded)
-#: and ``ppc_cpu_do_interrupt`` (enter the guest's handler for a pending exception).
-tlb_flush: Any = _unicorn.tlb_flush_ppc
-tlb_flush.argtypes = [ctypes.c_void_p]
-do_interrupt: Any = _unicorn.ppc_cpu_do_interrupt_ppc
-do_interrupt.argtypes = [ctypes.c_void_p]
-#: ``uc_vmem_translate(handle, address, prot, &physical)``: the loaded CPU's translation.
-vmem_translate: Any = _unicorn.uc_vmem_translate
-vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
-                           ctypes.POINTER(ctypes.c_uint64)]
+_UC_EMU_STOP = cast(int, ctypes.cast(native.emu_stop, ctypes.c_void_p).value)
+_TIMER_ABSTIME = 1
 
 
 def _spec(seconds: float) -> _Itimerspec:
@@ -105,6 +86,14 @@ class QuantumTimer:
         if not self.armed:
             self.armed = True
             _libc.timer_settime(self._timer, 0, ctypes.byref(self._armed), None)
+
+    def arm_at(self, monotonic_ns: int) -> None:
+        """Stop the engine once, when CLOCK_MONOTONIC reaches ``monotonic_ns`` (replaces any
+        arming; a deadline timer, not the quantum)."""
+        t = _Timespec(monotonic_ns // 1_000_000_000, monotonic_ns % 1_000_000_000)
+        self.armed = True
+        _libc.timer_settime(self._timer, _TIMER_ABSTIME,
+                            ctypes.byref(_Itimerspec(_Timespec(0, 0), t)), None)
 
     def disarm(self) -> None:
         if self.armed:

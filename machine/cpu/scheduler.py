@@ -83,6 +83,12 @@ class Scheduler:
         self._slice = 0
         self._closed = False
         self._quantum = QuantumTimer(engine.handle, QUANTUM_S)
+        #: Stops the engine when a timer is due (one-shot, re-armed as deadlines change).
+        self._deadline = QuantumTimer(engine.handle, QUANTUM_S)
+        self._armed_for: int | None = None
+        #: Called by the worker between slices (timers): returns when the engine must next
+        #: stop (CLOCK_MONOTONIC ns) or None.
+        self.on_boundary: Callable[[], int | None] = lambda: None
         #: vCPU switches, and the worker's time between two slices of different vCPUs
         #: (bookkeeping and the context swap; time asleep with nothing runnable excluded).
         self.switches = 0
@@ -224,6 +230,7 @@ class Scheduler:
             self._thread.join(timeout=5)
         if not self._thread.is_alive():
             self._quantum.close()
+            self._deadline.close()
 
     @property
     def alive(self) -> bool:
@@ -288,16 +295,24 @@ class Scheduler:
         last: VCpu | None = None
         while True:
             self._flush()
+            due = self.on_boundary()
             with self._cv:
                 if not self._runq:
                     # The timer stays armed from one slice to the next (two syscalls a slice
                     # cost more than a spurious stop now and then); idle, it must not tick.
                     self._quantum.disarm()
                     while not self._runq and not self._closed:
-                        self._cv.wait()
+                        if due is None:
+                            self._cv.wait()
+                            continue
+                        wait = (due - time.monotonic_ns()) / 1e9
+                        if wait <= 0 or not self._cv.wait(wait):
+                            break  # a timer is due: serve it (the loop comes back here)
                     ended = clock()  # time asleep is not switching
                 if self._closed:
                     break
+                if not self._runq:
+                    continue  # woken for a timer: serve it first
                 cpu = self._runq.popleft()
                 slot = self._slots[cpu]
                 slot.queued = False
@@ -309,6 +324,12 @@ class Scheduler:
                 if self._runq:
                     self._quantum.arm()
                 action, slot.action = slot.action, None
+            if due != self._armed_for:
+                self._armed_for = due
+                if due is None:
+                    self._deadline.disarm()
+                else:
+                    self._deadline.arm_at(due)
             engine.load(cpu)
             if action is not None and (pc := action(cpu)) is not None:
                 slot.pc = pc

@@ -53,6 +53,8 @@ class CpuSlot:
         self.generation = 0
         self.in_slice = False  # inside VCpu.run (handed to the scheduler)
         self.input_pending = False  # console input arrived since the last EV_IDLE
+        #: A timer raised an interrupt input since the last EV_IDLE (latched like input).
+        self.interrupt_pending = False
         #: What the CPU is parked in ("EV_IDLE", "FW_WAIT_STORE on 0x3000"); cleared when it
         #: wakes normally, kept when a stop cancels the wait, so timeouts can say it.
         self.waiting_in: str | None = None
@@ -82,9 +84,6 @@ class Parking:
     _lock: threading.Lock
 
     def now(self) -> float:
-        raise NotImplementedError
-
-    def _ticks(self) -> int:
         raise NotImplementedError
 
     def _soon(self, fn: Callable[[], object]) -> None:
@@ -167,13 +166,21 @@ class Parking:
             if slot.input_pending:
                 slot.input_pending = False
                 return "console"
+            if slot.interrupt_pending:
+                slot.interrupt_pending = False
+                return "interrupt"
             slot.waiting_in = "EV_IDLE"
             await slot.wake.wait()
             slot.waiting_in = None
         finally:
             slot.parked = None
-        by = "release" if slot.release is not None else "console"
-        slot.input_pending = False
+        if slot.release is not None:
+            by = "release"
+        elif slot.interrupt_pending:
+            by = "interrupt"
+        else:
+            by = "console"
+        slot.input_pending = slot.interrupt_pending = False
         self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index, by=by))
         return by
 
@@ -299,7 +306,6 @@ class Parking:
         cpu = slot.cpu
         cpu.set_gpr(3, EvStatus.SUCCESS)
         cpu.set_gpr(4, value)
-        cpu.set_timebase(self._ticks())
         if self.events.active:
             self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by="store"))
 
@@ -308,7 +314,6 @@ class Parking:
         self._end_wait(slot)
         self._set_running(+1, from_worker=True)
         slot.waiting_in = None
-        slot.cpu.set_timebase(self._ticks())
         self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index, by="release"))
         return self._take_release(slot)
 
