@@ -48,7 +48,6 @@ from machine.events import (
     FwCfgSelect,
     GuestFault,
     Hypercall,
-    ParkReason,
     PowerOff,
     Reset,
 )
@@ -384,8 +383,7 @@ class E500Machine(Parking):
                 self.engine.raise_decrementer()
             slot = self._slots[cpu.index]
             slot.interrupt_pending = True
-            if slot.parked is ParkReason.IDLE:
-                self._soon(slot.wake.set)
+            self.wake_idle(slot, "interrupt")
         due = self.timers.next_expiry()
         return None if due is None else self.clock.monotonic_ns(due)
 
@@ -485,5 +483,8 @@ class _Services:
     def wait_store_in_slice(self, cpu: VCpu, addr: int,
                             expected: int) -> int | hypercalls.Parked | None:
         return self._m.wait_store_in_slice(cpu, addr, expected)
+
+    def idle_in_slice(self, cpu: VCpu) -> bool:
+        return self._m.idle_in_slice(cpu)
 
 

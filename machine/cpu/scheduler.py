@@ -345,8 +345,12 @@ class Scheduler:
             with self._cv:
                 self._current = None
                 if exit_ is not None:
+                    waited, slot.waiting = slot.waiting, None
+                    if waited is not None:  # the slice also parked: its trio task parks it
+                        parked = waited.on_kick(cpu)
+                        if exit_.kind is ExitKind.STEP:  # a debugger stepped into the park
+                            exit_ = parked
                     slot.pc = exit_.pc
-                    slot.waiting = None  # if the slice also parked, its exit wins
                     self._hand_back(cpu, exit_)
                     continue
                 if slot.waiting is None and slot.action is None:

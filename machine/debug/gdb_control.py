@@ -26,7 +26,7 @@ bookkeeping, so a reset machine starts clean.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -104,6 +104,8 @@ class DebugControl:
         #: powering it off, so the faulting state can be inspected.
         self.report_faults = False
         self._breakpoints: set[int] = set()
+        #: Whether CPU i is parked (EV_IDLE, FW_WAIT_STORE); the stub binds the machine's.
+        self.parked: Callable[[int], object] = lambda i: False
         self._watchpoints: set[Watch] = set()
 
     # --- the board's side ------------------------------------------------------------------
@@ -170,7 +172,8 @@ class DebugControl:
 
     def halt(self, signal: Signal = Signal.INT) -> None:
         """Stop every CPU (Ctrl-C, a debugger connecting); :meth:`wait_event` reports it."""
-        running = [i for i, a in enumerate(self._active) if a]
+        # A CPU idling or waiting inside its slice is not "running" for the report.
+        running = [i for i, a in enumerate(self._active) if a and not self.parked(i)]
         self._halt(Stop(running[0] if running else 0, signal))
 
     def resume(self, actions: Sequence[Action]) -> None:

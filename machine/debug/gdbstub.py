@@ -516,6 +516,7 @@ class GdbServer:
     def __init__(self, machine: E500Machine, *, wait_for_debugger: bool = False) -> None:
         self.machine = machine
         self.control = DebugControl(machine.cpus, halted=wait_for_debugger)
+        self.control.parked = machine.cpu_parked
         machine.debug = self.control
         self._connected = False
         self._idle = trio.Event()

@@ -83,6 +83,12 @@ class Services(Protocol):
         task instead (a release is latched for it)."""
         ...
 
+    def idle_in_slice(self, cpu: VCpu) -> bool:
+        """EV_IDLE inside the slice: True when the CPU parked in the scheduler, or returns at
+        once (something that wakes it was latched); False when it must idle through its trio
+        task instead (a release is latched for it)."""
+        ...
+
     def hypercall_event(self, event: Hypercall) -> None: ...
 
     def event_time(self) -> float: ...
@@ -134,6 +140,8 @@ def _byte_channel_poll(svc: Services, cpu: VCpu) -> Exit | None:
 
 def _idle(svc: Services, cpu: VCpu) -> Exit | None:
     cpu.set_gpr(3, int(EvStatus.SUCCESS))
+    if svc.idle_in_slice(cpu):
+        return None  # parked in the scheduler (or a wake-up was already latched)
     return Exit(ExitKind.PARK, _resume_pc(cpu), Park(ParkReason.IDLE))
 
 
@@ -218,7 +226,7 @@ def dispatch(svc: Services, cpu: VCpu, trace: bool) -> Exit | None:
     result = handler(svc, cpu)
     if trace:
         pending = result is not None and result.kind is ExitKind.PARK
-        pending = pending or (token == Hcall.FW_WAIT_STORE and cpu.parked_in_slice)
+        pending = pending or cpu.parked_in_slice
         status = None if pending else cpu.gpr(3)
         svc.hypercall_event(
             Hypercall(time=svc.event_time(), cpu=cpu.index, token=token, name=name_of(token),

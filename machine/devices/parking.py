@@ -254,9 +254,55 @@ class Parking:
             for slot in self._slots:
                 slot.input_pending = True
                 if slot.parked is ParkReason.IDLE:
-                    slot.wake.set()
+                    self.wake_idle(slot, "console")
 
         self._soon(wake)
+
+    def idle_in_slice(self, cpu: VCpu) -> bool:
+        """EV_IDLE inside the slice (worker, in the hypercall hook): the CPU leaves the run
+        queue until console input, a timer's interrupt or a release (:meth:`wake_idle`)."""
+        slot = self._slots[cpu.index]
+        if slot.release is not None:
+            return False  # its trio task takes the release
+        if self.events.active:
+            self.events.emit(CpuParked(time=self.now(), cpu=cpu.index, reason=ParkReason.IDLE,
+                                       pc=cpu.hcall_pc))
+        if slot.input_pending or slot.interrupt_pending:
+            by = "console" if slot.input_pending else "interrupt"
+            slot.input_pending = slot.interrupt_pending = False
+            if self.events.active:
+                self.events.emit(CpuWoken(time=self.now(), cpu=cpu.index, by=by))
+            return True
+        wait = Wait(resume_pc=cpu.hcall_pc, on_kick=lambda c: self._kick_idle(slot))
+        slot.wait = wait
+        slot.parked = ParkReason.IDLE
+        slot.waiting_in = "EV_IDLE"
+        cpu.parked_in_slice = True
+        self._set_running(-1, from_worker=True)
+        self.scheduler.park(cpu, wait)
+        return True
+
+    def wake_idle(self, slot: CpuSlot, by: str) -> None:
+        """End an EV_IDLE (any thread): in the scheduler, or in the CPU's trio task."""
+        wait = slot.wait
+        if wait is not None and slot.parked is ParkReason.IDLE:
+            self.scheduler.wake(slot.cpu, wait, lambda c: self._idle_woke(slot, by))
+        elif slot.parked is ParkReason.IDLE:
+            self._soon(slot.wake.set)
+
+    def _idle_woke(self, slot: CpuSlot, by: str) -> None:
+        self._end_wait(slot)
+        self._set_running(+1, from_worker=True)
+        slot.waiting_in = None
+        slot.input_pending = slot.interrupt_pending = False
+        if self.events.active:
+            self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index, by=by))
+
+    def _kick_idle(self, slot: CpuSlot) -> Exit:
+        """The machine stopped a CPU idling inside its slice: its trio task idles it."""
+        self._end_wait(slot)
+        self._set_running(+1, from_worker=True)
+        return Exit(ExitKind.PARK, slot.cpu.hcall_pc, Park(ParkReason.IDLE))
 
     def wait_store_in_slice(self, cpu: VCpu, addr: int,
                             expected: int) -> int | hypercalls.Parked | None:
