@@ -36,6 +36,8 @@ _XER_SO, _XER_OV, _XER_CA = 31, 30, 29
 TLB1_ENTRIES = 16
 TLB_ENTRY_SIZE = 24
 _PIDS = (48, 633, 634)  # PID0, PID1, PID2
+_MSR_IS, _MSR_DS = 0x20, 0x10
+_MAS1_TS = 0x1000
 _memcmp: Any = ctypes.PyDLL(None).memcmp  # keeps the GIL (a short call on the worker)
 _memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
 _memcmp.restype = ctypes.c_int
@@ -177,6 +179,26 @@ class VCpu:
         entry.mas2 = 0
         entry.mas7_3 = physical | MAS3_ALL
         self.tlb_changed = True
+
+    def translate(self, ea: int, *, fetch: bool = False) -> int | None:
+        """The physical address of ``ea`` for this CPU's data accesses (or instruction
+        fetches), as its TLBs map it in its current address space; None if unmapped.  For a
+        debugger: the engine translates through QEMU's own MMU code."""
+        msr = self.msr
+        space = bool(msr & (_MSR_IS if fetch else _MSR_DS))
+        pids = {0} | {self.read_spr(n) & 0xFF for n in _PIDS}
+        entries = (TlbEntry * self.layout.nb_tlb).from_address(ctypes.addressof(self._tlb))
+        tlb1 = self.layout.nb_tlb - TLB1_ENTRIES
+        for e in (*entries[tlb1:], *entries[:tlb1]):  # TLB1 first, as the hardware's order
+            mas1 = e.mas1
+            if not mas1 & MAS1_V or bool(mas1 & _MAS1_TS) != space:
+                continue
+            if (mas1 >> 16) & 0xFF not in pids:
+                continue
+            size = 1024 << ((mas1 >> 7) & 0x1F)
+            if (e.mas2 ^ ea) & ~(size - 1) & 0xFFFF_FFFF == 0:
+                return (e.mas7_3 & ~0xFFF & ~(size - 1) | ea & (size - 1)) & 0xFFFF_FFFF
+        return None
 
     def translates_like(self, other: VCpu) -> bool:
         """Same TLB contents and PIDs as ``other``: addresses translate alike on both."""

@@ -81,6 +81,7 @@ _SETTERS: Final[dict[Reg, Callable[[VCpu, int], None]]] = {
 _EPERM: Final = 0x01
 _EFAULT: Final = 0x0E
 _EINVAL: Final = 0x16
+_PAGE: Final = 4096
 
 
 class GdbError(Exception):
@@ -310,11 +311,16 @@ class GdbSession:
     # --- memory ----------------------------------------------------------------------------
 
     def read_memory(self, addr: int, length: int) -> bytes:
-        """The readable prefix of ``[addr, addr + length)``: RAM and the boot ROM."""
+        """The readable prefix of ``[addr, addr + length)`` as the current thread's CPU sees
+        it (through its MMU, as QEMU's gdbstub does): RAM and the boot ROM."""
         ram, rom = self.machine.ram, self.machine.images.rom
         out = bytearray()
         while len(out) < length:
-            a, want = addr + len(out), length - len(out)
+            ea, want = (addr + len(out)) & 0xFFFF_FFFF, length - len(out)
+            a = self._physical(ea)
+            if a is None:
+                break
+            want = min(want, _PAGE - (ea & (_PAGE - 1)))  # translate page by page
             if ram.contains(a, 1):
                 n = min(want, ram.base + ram.size - a)
                 out += ram.read(a, n)
@@ -326,10 +332,21 @@ class GdbSession:
         return bytes(out)
 
     def write_memory(self, addr: int, data: bytes) -> None:
-        """Store into RAM (a watched word wakes its CPU, as a device store would)."""
-        if not self.machine.ram.contains(addr, len(data)):
-            raise GdbError(_EFAULT)
-        self.machine.ram.write(addr, data)
+        """Store into RAM through the current thread's CPU's MMU (a watched word wakes its
+        CPU, as a device store would)."""
+        done = 0
+        while done < len(data):
+            ea = (addr + done) & 0xFFFF_FFFF
+            n = min(len(data) - done, _PAGE - (ea & (_PAGE - 1)))
+            a = self._physical(ea)
+            if a is None or not self.machine.ram.contains(a, n):
+                raise GdbError(_EFAULT)
+            self.machine.ram.write(a, data[done : done + n])
+            done += n
+
+    def _physical(self, ea: int) -> int | None:
+        cpu = self.machine.cpus[self._cpu(self._g_thread)]
+        return cpu.translate(ea)
 
     def _addr_len(self, text: bytes) -> tuple[int, int]:
         a, _, n = text.partition(b",")
