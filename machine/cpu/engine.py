@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import threading
+import time
 from typing import Any, Protocol, cast
 
 from unicorn import (
@@ -38,6 +39,7 @@ from unicorn import (
     UC_ERR_READ_UNMAPPED,
     UC_ERR_WRITE_PROT,
     UC_ERR_WRITE_UNMAPPED,
+    UC_HOOK_BLOCK,
     UC_HOOK_CODE,
     UC_HOOK_INTR,
     UC_HOOK_MEM_FETCH_UNMAPPED,
@@ -167,7 +169,13 @@ class Engine:
         self._rom_store = False
         self._bp_hooks: dict[int, int] = {}
         self._wp_hooks: dict[Watch, int] = {}
-        self._debug_mode = False
+        #: While a debugger has breakpoints, watchpoints or a step set: exact stops are on, so
+        #: stops from outside go through the block hook (see :meth:`stop`).
+        self.debug_mode = False
+        self.stop_requested = False
+        #: Debug mode: when the block hook stops the slice (CLOCK_MONOTONIC ns; 0 = never).
+        self.block_deadline_ns = 0
+        self._block_hook: int | None = None
         self.closed = False
 
     # --- contexts --------------------------------------------------------------------------
@@ -240,14 +248,18 @@ class Engine:
 
     # --- running ---------------------------------------------------------------------------
 
+    def prepare(self, cpu: VCpu, pc: int) -> None:
+        """Before a slice of the loaded ``cpu`` from ``pc``: watched pages, dropped code and
+        the debugger's requests take effect (and :attr:`debug_mode` is settled)."""
+        self._apply_pending()
+        self._apply_debug(cpu, pc)
+
     def run(self, cpu: VCpu, pc: int) -> Exit | None:
         """Run the loaded ``cpu`` from ``pc`` until a hook ends the slice or :meth:`stop`.
 
         Returns the Exit a hook asked for, or None when the slice was merely stopped (the
         scheduler's quantum, a wake-up, a kick): then ``cpu.nip`` is where it resumes."""
         assert self.current is cpu
-        self._apply_pending()
-        self._apply_debug(cpu, pc)
         self._exit = None
         self._rom_store = False
         err: UcError | None = None
@@ -271,8 +283,23 @@ class Engine:
         return None
 
     def stop(self) -> None:
-        """End the running slice at the next block boundary (any thread; keeps the GIL)."""
-        emu_stop(self.handle)
+        """End the running slice at the next block boundary (any thread; keeps the GIL).
+
+        In debug mode a stop from outside could land inside a block (module docstring), so
+        it is only requested: the block hook carries it out at the next block's start."""
+        if self.debug_mode:
+            self.stop_requested = True
+        else:
+            emu_stop(self.handle)
+
+    def _on_block(self, uc: Any, address: int, size: int, _ud: Any) -> None:
+        """Debug mode only: at a block's start, before any of its instructions, carry out a
+        requested stop or a due deadline (the quantum, a timer) -- the boundary-only
+        preemption that no_exit_request gives otherwise."""
+        deadline = self.block_deadline_ns
+        if self.stop_requested or (deadline and time.monotonic_ns() >= deadline):
+            self.stop_requested = False
+            emu_stop(self.handle)
 
     def stop_with(self, exit_: Exit) -> None:
         """From a hook: end the slice with ``exit_``."""
@@ -341,7 +368,7 @@ class Engine:
     def _apply_debug(self, cpu: VCpu, pc: int) -> None:
         d = cpu.debug
         if not (d.breakpoints or d.watchpoints or d.step or self._bp_hooks or self._wp_hooks
-                or self._debug_mode or d.watch_pc != -1):
+                or self.debug_mode or d.watch_pc != -1):
             d.start_pc = d.skip_watch_pc = -1
             return  # no debugger, or one with nothing set: the common case, kept cheap
         uc: Any = self.uc
@@ -363,9 +390,14 @@ class Engine:
         # Exact stops need unicorn's mid-block check (module docstring): translate with it
         # while a debugger has anything set, without it otherwise.
         debug_mode = bool(self._bp_hooks or self._wp_hooks or d.step)
-        if debug_mode != self._debug_mode:
-            self._debug_mode = debug_mode
+        if debug_mode != self.debug_mode:
+            self.debug_mode = debug_mode
             self._no_exit.value = not debug_mode
+            if debug_mode:
+                self._block_hook = uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+            elif self._block_hook is not None:
+                uc.hook_del(self._block_hook)
+                self._block_hook = None
             uc.ctl_flush_tb()
         elif d.step:
             uc.ctl_flush_tb()  # a step is counted by instrumentation added at translation

@@ -258,7 +258,10 @@ class Scheduler:
         else:
             self._runq.append(cpu)
         if arm and self._current is not None:
-            self._quantum.arm()
+            if self.engine.debug_mode:  # the block hook preempts
+                self.engine.block_deadline_ns = time.monotonic_ns() + int(QUANTUM_S * 1e9)
+            else:
+                self._quantum.arm()
         if threading.get_ident() != self._worker_id:
             self._cv.notify()
 
@@ -266,7 +269,8 @@ class Scheduler:
         """Stop the running slice from another thread, and again every quantum until it has
         ended (a stop just before the engine entered its loop is forgotten)."""
         self.engine.stop()
-        self._quantum.arm()
+        if not self.engine.debug_mode:
+            self._quantum.arm()
 
     def _deliver(self, cpu: VCpu, exit_: Exit) -> None:
         slot = self._slots[cpu]
@@ -321,18 +325,29 @@ class Scheduler:
                     continue
                 self._current = cpu
                 self._slice += 1
-                if self._runq:
-                    self._quantum.arm()
+                company = bool(self._runq)
                 action, slot.action = slot.action, None
-            if due != self._armed_for:
-                self._armed_for = due
-                if due is None:
-                    self._deadline.disarm()
-                else:
-                    self._deadline.arm_at(due)
             engine.load(cpu)
             if action is not None and (pc := action(cpu)) is not None:
                 slot.pc = pc
+            engine.prepare(cpu, slot.pc)
+            if engine.debug_mode:
+                # No stop from outside while exact stops are on: the engine's block hook
+                # preempts at block boundaries instead (machine/cpu/engine.py, stop).
+                self._quantum.disarm()
+                self._deadline.disarm()
+                self._armed_for = None
+                quantum = time.monotonic_ns() + int(QUANTUM_S * 1e9) if company else 0
+                engine.block_deadline_ns = min((t for t in (quantum, due or 0) if t), default=0)
+            else:
+                if company:  # (after prepare: the slice may just have left debug mode)
+                    self._quantum.arm()
+                if due != self._armed_for:
+                    self._armed_for = due
+                    if due is None:
+                        self._deadline.disarm()
+                    else:
+                        self._deadline.arm_at(due)
             started = clock()
             if cpu is not last:
                 self.switches += 1

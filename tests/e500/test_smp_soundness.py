@@ -204,3 +204,16 @@ cpu0:
 async def test_code_rewritten_by_one_cpu_is_what_another_runs(cpus: int) -> None:
     b = await boot(CROSS_CPU_CODE, smp=cpus)
     assert b.result.code == 21, b.result.reason
+
+
+async def test_increments_stay_exact_while_a_debugger_has_a_breakpoint_set() -> None:
+    """With a breakpoint set, stops are exact (mid-block), so preemption must come from the
+    block hook at block boundaries, never from outside: a stwcx. is never repeated."""
+    from tests.test_gdb_stub import debugged
+
+    cpus, per_cpu = 4, 250_000
+    source = ATOMICS.format(counter=COUNTER, done=DONE, n=per_cpu, cpus=cpus) + "never:\n    nop\n"
+    async with debugged(source, smp=cpus, timeout=120) as d:
+        assert await d.gdb.ask(f"Z0,{d.sym['never']:x},4") == "OK"
+        assert await d.gdb.ask("c") == "W00"
+    assert d.machine.ram.read_u32(COUNTER) == cpus * per_cpu
