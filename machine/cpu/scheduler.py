@@ -41,6 +41,8 @@ from machine.cpu.engine import Engine
 from machine.cpu.quantum import QuantumTimer
 from machine.cpu.vcpu import Exit, ExitKind, VCpu
 
+#: Slices in a row without another runnable vCPU after which the quantum timer is disarmed.
+_ALONE_SLICES = 2
 #: How long a vCPU runs while others are runnable (Linux's call-in timeouts, RCU and
 #: watchdogs expect every CPU to progress within a few milliseconds, even at -smp 8).
 QUANTUM_S = 0.001
@@ -86,6 +88,7 @@ class Scheduler:
         #: Stops the engine when a timer is due (one-shot, re-armed as deadlines change).
         self._deadline = QuantumTimer(engine.handle, QUANTUM_S)
         self._armed_for: int | None = None
+        self._alone_since = 0  # the slice since which the running vCPUs had no company
         #: Called by the worker between slices (timers): returns when the engine must next
         #: stop (CLOCK_MONOTONIC ns) or None.
         self.on_boundary: Callable[[], int | None] = lambda: None
@@ -342,6 +345,15 @@ class Scheduler:
             else:
                 if company:  # (after prepare: the slice may just have left debug mode)
                     self._quantum.arm()
+                elif self._alone_since == 0:
+                    self._alone_since = self._slice
+                elif self._slice - self._alone_since >= _ALONE_SLICES:
+                    # Alone for a while: stop ticking (its expiries would cost a thread each
+                    # and stop the slice for nothing).  Not at once: a ping-pong of two CPUs
+                    # would pay two syscalls a round.
+                    self._quantum.disarm()
+                if company:
+                    self._alone_since = 0
                 if due != self._armed_for:
                     self._armed_for = due
                     if due is None:
