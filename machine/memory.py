@@ -20,10 +20,6 @@ from fwcfg import GuestMemoryError
 
 WriteObserver = Callable[[int, int], None]
 
-_HUGE_PAGE = 2 * 1024 * 1024
-#: Host writes at least this large get transparent huge pages (GuestRAM._prefer_huge_pages).
-_HUGE_WRITE = 4 * 1024 * 1024
-
 
 class GuestRAM:
     """Guest-physical RAM at ``[base, base + size)``; implements :class:`fwcfg.GuestMemory`."""
@@ -45,21 +41,6 @@ class GuestRAM:
         #: Called with (guest address, length) after every host-side write.
         self.write_observer: WriteObserver | None = None
 
-    def _prefer_huge_pages(self, off: int, length: int) -> None:
-        """Ask for transparent huge pages where a large host write (a kernel or initrd
-        loaded by fw_cfg DMA) is about to land: first touch then costs one fault per 2 MiB
-        instead of one per 4 KiB (a 64 MiB kernel went from ~35 ms to ~10 ms).  Only there:
-        RAM the guest touches sparsely stays in small pages, so resident size stays small.
-        A host without transparent huge pages simply ignores the advice."""
-        lo = -(-off // _HUGE_PAGE) * _HUGE_PAGE
-        hi = (off + length) // _HUGE_PAGE * _HUGE_PAGE
-        advice = getattr(mmap, "MADV_HUGEPAGE", None)
-        if hi > lo and advice is not None:
-            try:
-                self._map.madvise(advice, lo, hi - lo)
-            except OSError:
-                pass
-
     def contains(self, addr: int, size: int) -> bool:
         return size >= 0 and self.base <= addr and addr + size <= self.base + self.size
 
@@ -75,8 +56,6 @@ class GuestRAM:
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         src = memoryview(data).cast("B")
         off = self._offset(addr, len(src))
-        if len(src) >= _HUGE_WRITE:
-            self._prefer_huge_pages(off, len(src))
         self.view[off : off + len(src)] = src
         if self.write_observer is not None and len(src):
             self.write_observer(addr, len(src))
