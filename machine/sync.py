@@ -7,7 +7,7 @@
         m.console.expect("all 4 cpus up")
         print(m.wait().code)
 
-Why a thread: the machine *is* a trio program (one task per CPU, a ticker, event delivery), so
+Why a thread: the machine *is* a trio program (one task per CPU, event delivery), so
 something must run trio while the script blocks.  :class:`SyncMachine` runs ``trio.run`` on a
 private thread and forwards each blocking call with :func:`trio.from_thread.run`; exceptions
 (timeouts, :class:`~machine.devices.console.ConsoleFailure`, …) come back to the caller's thread

@@ -3,23 +3,23 @@
 This replaces QEMU's MMIO spin device and every guest polling loop.  The mechanism has two
 halves:
 
-* *Seeing the store.*  The page that holds a watched word is made read-only in every CPU's
-  unicorn view (``VCpu.watch_page``).  A guest store into it lands in a write-protection hook
+* *Seeing the store.*  The page that holds a watched word is made read-only in the machine's
+  engine (``Engine.watch_page``, from the next slice on).  A guest store into it lands in a write-protection hook
   limited to that page, which hands the store to :meth:`StoreWatch.store`: that wakes the
   waiters and lands the bytes in shared RAM, under the watch lock.  Stores anywhere else stay
   on unicorn's fast path, which is why the hook is range-limited (an unlimited hook slows
   every store ~12x; see reference/unicorn.md).
   Host-side writes (fw_cfg DMA, loaders) report through ``GuestRAM.write_observer``.
 * *Not losing the wake-up.*  A waiter is armed *before* the parking CPU re-reads the word, and
-  the word is re-read only after every running CPU has the page protected.  A store that lands
+  no other CPU runs before the page is protected (one engine: the next slice).  A store that lands
   before the watch is armed is caught by the re-read; one that lands after is caught by the
   hook.  There is no window in between: arming, re-reading and a guest store each hold the
   watch lock.
 
 The watch table is touched from worker threads (hooks) and the trio thread, so it has a lock.
 Wake callbacks must be thread-safe and must not call back into the watch: a guest store runs
-them with the lock held (the machine passes ``TrioToken.run_sync_soon`` closures, nudges and
-event emitters).
+them with the lock held (the machine passes scheduler wake-ups, ``TrioToken.run_sync_soon``
+closures and event emitters).
 """
 
 from __future__ import annotations
@@ -99,11 +99,9 @@ class StoreWatch:
         All of it happens under the lock that :meth:`arm` and :meth:`recheck` take, so a waiter
         armed concurrently either is seen here or re-reads the new bytes.  (The wake callbacks
         may give up the GIL: a trio wake-up writes to a socket.  A store made visible outside
-        the lock lost wake-ups that way.)  The bytes land last: a CPU polling the word
-        (machine/pollwait.py) continues the moment it sees them, and when the hook then gives
-        up the GIL at once, that CPU's next hypercall does not queue for the GIL behind it (a
-        thread wake-up, 40-150 us on a virtual machine).  So a woken waiter takes the new
-        value from :attr:`Waiter.value`, or reads RAM through :meth:`read_u32`."""
+        the lock lost wake-ups that way.)  The bytes land last, so a woken waiter takes the
+        new value from :attr:`Waiter.value` (the value this store leaves), or reads RAM
+        through :meth:`read_u32`."""
         off = address - self._ram.base
         with self._lock:
             if self._by_word:
