@@ -4,9 +4,10 @@ This replaces QEMU's MMIO spin device and every guest polling loop.  The mechani
 halves:
 
 * *Seeing the store.*  The page that holds a watched word is made read-only in the machine's
-  engine (``Engine.watch_page``, from the next slice on).  A guest store into it lands in a write-protection hook
-  limited to that page, which hands the store to :meth:`StoreWatch.store`: that wakes the
-  waiters and lands the bytes in shared RAM, under the watch lock.  Stores anywhere else stay
+  engine (``Engine.watch_page``, from the next slice on).  A guest store into it lands in a
+  write-protection hook limited to that page, which hands the store to
+  :meth:`StoreWatch.store`: that wakes the waiters and lands the bytes in shared RAM, under
+  the watch lock.  Stores anywhere else stay
   on unicorn's fast path, which is why the hook is range-limited (an unlimited hook slows
   every store ~12x; see reference/unicorn.md).
   Host-side writes (fw_cfg DMA, loaders) report through ``GuestRAM.write_observer``.
