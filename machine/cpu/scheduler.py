@@ -268,6 +268,37 @@ class Scheduler:
         if threading.get_ident() != self._worker_id:
             self._cv.notify()
 
+    def _set_timers(self, slot: _Slot, company: bool, due: int | None) -> None:
+        """Before a slice (worker, lock held): what stops it -- the quantum if others are
+        runnable, a timer's deadline, and a kick that came before the engine started."""
+        engine = self.engine
+        if engine.debug_mode:
+            # No stop from outside while exact stops are on: the engine's block hook
+            # preempts at block boundaries instead (machine/cpu/debugging.py).
+            self._quantum.disarm()
+            self._deadline.disarm()
+            self._armed_for = None
+            quantum = time.monotonic_ns() + int(QUANTUM_S * 1e9) if company else 0
+            engine.block_deadline_ns = min((t for t in (quantum, due or 0) if t), default=0)
+            engine.stop_requested = slot.kicked  # (an older request concerned another slice)
+            return
+        if company or slot.kicked:  # (a kick's stop may be lost: the quantum repeats it)
+            self._quantum.arm()
+            self._alone_since = 0
+        elif self._alone_since == 0:
+            self._alone_since = self._slice
+        elif self._slice - self._alone_since >= _ALONE_SLICES:
+            # Alone for a while: stop ticking (its expiries would cost a thread each and stop
+            # the slice for nothing).  Not at once: a ping-pong of two CPUs would pay two
+            # syscalls a round.
+            self._quantum.disarm()
+        if due != self._armed_for:
+            self._armed_for = due
+            if due is None:
+                self._deadline.disarm()
+            else:
+                self._deadline.arm_at(due)
+
     def _stop_current(self) -> None:
         """Stop the running slice from another thread, and again every quantum until it has
         ended (a stop just before the engine entered its loop is forgotten)."""
@@ -334,32 +365,8 @@ class Scheduler:
             if action is not None and (pc := action(cpu)) is not None:
                 slot.pc = pc
             engine.prepare(cpu, slot.pc)
-            if engine.debug_mode:
-                # No stop from outside while exact stops are on: the engine's block hook
-                # preempts at block boundaries instead (machine/cpu/engine.py, stop).
-                self._quantum.disarm()
-                self._deadline.disarm()
-                self._armed_for = None
-                quantum = time.monotonic_ns() + int(QUANTUM_S * 1e9) if company else 0
-                engine.block_deadline_ns = min((t for t in (quantum, due or 0) if t), default=0)
-            else:
-                if company:  # (after prepare: the slice may just have left debug mode)
-                    self._quantum.arm()
-                elif self._alone_since == 0:
-                    self._alone_since = self._slice
-                elif self._slice - self._alone_since >= _ALONE_SLICES:
-                    # Alone for a while: stop ticking (its expiries would cost a thread each
-                    # and stop the slice for nothing).  Not at once: a ping-pong of two CPUs
-                    # would pay two syscalls a round.
-                    self._quantum.disarm()
-                if company:
-                    self._alone_since = 0
-                if due != self._armed_for:
-                    self._armed_for = due
-                    if due is None:
-                        self._deadline.disarm()
-                    else:
-                        self._deadline.arm_at(due)
+            with self._cv:  # kicks decide under this lock too: none is undone here
+                self._set_timers(slot, company, due)
             started = clock()
             if cpu is not last:
                 self.switches += 1
