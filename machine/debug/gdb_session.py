@@ -23,11 +23,6 @@ from machine.platform import ROM_BASE, ROM_SIZE
 if TYPE_CHECKING:
     from machine.board import E500Machine
 
-#: QEMU's ``-s``.
-DEFAULT_GDB_ADDRESS: Final = "tcp::1234"
-#: How long a finished run waits for the exit notice to reach gdb before closing.
-EXIT_NOTICE_S: Final = 1.0
-
 #: The other registers, read and written in the vCPU's context (wherever it lives now).
 _GETTERS: Final[dict[Reg, Callable[[VCpu], int]]] = {
     Reg.MSR: lambda c: c.msr,

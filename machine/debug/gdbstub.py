@@ -29,14 +29,12 @@ reads.  ROM writes and the MMIO window answer ``E0e`` rather than poke a device.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import trio
 
 from fwcfg import ConfigError
-from machine.cpu.vcpu import VCpu
 from machine.debug.gdb_control import DebugControl, Exited, Signal, Stop
 from machine.debug.gdb_packets import (
     Ack,
@@ -51,7 +49,6 @@ from machine.debug.gdb_session import GdbSession as GdbSession
 from machine.debug.gdb_session import Reply as Reply
 from machine.debug.gdb_session import Then as Then
 from machine.debug.gdb_session import parse_gdb_address as parse_gdb_address
-from machine.debug.gdb_target import Reg
 
 if TYPE_CHECKING:
     from machine.board import E500Machine, RunResult
@@ -60,31 +57,6 @@ if TYPE_CHECKING:
 DEFAULT_GDB_ADDRESS: Final = "tcp::1234"
 #: How long a finished run waits for the exit notice to reach gdb before closing.
 EXIT_NOTICE_S: Final = 1.0
-
-#: The other registers, read and written in the vCPU's context (wherever it lives now).
-_GETTERS: Final[dict[Reg, Callable[[VCpu], int]]] = {
-    Reg.MSR: lambda c: c.msr,
-    Reg.CR: lambda c: c.cr,
-    Reg.LR: lambda c: c.lr,
-    Reg.CTR: lambda c: c.ctr,
-    Reg.XER: lambda c: c.xer,
-}
-_SETTERS: Final[dict[Reg, Callable[[VCpu, int], None]]] = {
-    Reg.MSR: VCpu.set_msr,
-    Reg.CR: VCpu.set_cr,
-    Reg.LR: VCpu.set_lr,
-    Reg.CTR: VCpu.set_ctr,
-    Reg.XER: VCpu.set_xer,
-}
-
-# errno-style codes, as gdbserver uses them
-_EPERM: Final = 0x01
-_EFAULT: Final = 0x0E
-_EINVAL: Final = 0x16
-_PAGE: Final = 4096
-
-
-
 
 # --- the server ---------------------------------------------------------------------------------
 
