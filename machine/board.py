@@ -103,7 +103,6 @@ class E500Machine(Parking):
         self._stop_result: RunResult | None = None
         self._stop_event: trio.Event | None = None
         self._reset_requested = False
-        self._running_count = 0
         #: Set by machine.debug.gdbstub while a debugger may attach (debugger support, issue 6).
         self.debug: DebugControl | None = None
 
@@ -293,13 +292,7 @@ class E500Machine(Parking):
             while True:
                 if self.debug is not None:  # debugger support (issue 6)
                     pc = await self.debug.gate(cpu.index, pc)
-                slot.in_slice = True
-                try:
-                    exit_ = await cpu.run(pc)
-                finally:
-                    slot.in_slice = False
-                    slot.generation += 1
-                    slot.lot.unpark_all()
+                exit_ = await cpu.run(pc)
                 pc = exit_.pc
                 if self.debug is not None and self.debug.slice_ended(cpu.index, exit_):
                     continue  # debugger support (issue 6): a breakpoint, watchpoint or step
@@ -370,9 +363,6 @@ class E500Machine(Parking):
             self._stop_event.set()
 
     # --- time ------------------------------------------------------------------------------
-
-    def _set_running(self, delta: int, from_worker: bool = False) -> None:
-        """(Parking calls this as CPUs stop and start running; nothing needs the count.)"""
 
     def _timer_boundary(self) -> int | None:
         """Between slices (worker): decrementers that reached 0 raise their input; a CPU

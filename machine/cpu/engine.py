@@ -354,7 +354,7 @@ class Engine(DebugHooks):
         assert cpu is not None
         pc = cpu.nip - 4  # unicorn advanced the PC past the instruction that trapped
         if intno in exceptions.PRIVILEGED and self.timers is not None \
-                and self.timers.emulate(cpu, self.fetch_word(pc, translate=True)):
+                and self.timers.emulate(cpu, self.fetch_insn(pc)):
             return  # a timebase or decrementer access, answered (the PC is past it)
         if intno == exceptions.SYSCALL and self._error_code.value == 1:  # sc 1: a hypercall
             cpu.hcall_pc = pc + 4
@@ -369,7 +369,7 @@ class Engine(DebugHooks):
             self.stop_with(Exit(ExitKind.FAULT, pc, Fault(kind, pc, address, cpu.snapshot(pc))))
             return
         if intno == exceptions.ALIGNMENT:  # QEMU 5 does not set DEAR: work it out
-            insn = self.fetch_word(pc, translate=True)
+            insn = self.fetch_insn(pc)
             ea = exceptions.effective_address(insn, cpu.gpr)
             if ea is not None:
                 cpu.write_spr(exceptions.SPR_DEAR, ea)
@@ -411,14 +411,13 @@ class Engine(DebugHooks):
             return None
         return int(out.value)
 
-    def fetch_word(self, addr: int, *, translate: bool = False) -> int:
-        """The instruction word at ``addr`` (physical, or through the loaded CPU's MMU):
+    def fetch_insn(self, addr: int) -> int:
+        """The instruction word at ``addr`` as the loaded CPU fetches it (through its MMU):
         straight from RAM or ROM; 0 where there is neither."""
-        if translate:
-            phys = self.translate(addr, UC_PROT_EXEC)
-            if phys is None:
-                return 0
-            addr = phys
+        phys = self.translate(addr, UC_PROT_EXEC)
+        if phys is None:
+            return 0
+        addr = phys
         if self.ram.contains(addr, 4):
             off = addr - self.ram.base
             return int.from_bytes(self.ram.view[off : off + 4], "big")

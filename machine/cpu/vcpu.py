@@ -28,7 +28,6 @@ from machine.platform import (
     MAS3_ALL,
     POWER_ON_TLB1,
     SPR_PIR,
-    SPR_TBL_READ,
     mas1_tsize,
 )
 
@@ -139,12 +138,11 @@ class VCpu:
         self.slices = 0
         #: ctypes views of the register file, per place it can live (made once: a switch
         #: then only swaps references).
-        self._views: dict[int, tuple[Any, Any, Any, Any, Any]] = {}
+        self._views: dict[int, tuple[Any, Any, Any, Any]] = {}
         self._gprs: Any
         self._sprs: Any
         self._msr: Any
         self._nip: Any
-        self._tb: Any
         self.move_to(self.saved_base)
         self.power_on(template)
 
@@ -156,9 +154,8 @@ class VCpu:
         tlb = ctypes.addressof(self._tlb)
         ctypes.c_uint64.from_address(self.saved_base + self.layout.tlb).value = tlb
         ctypes.memset(tlb, 0, len(self._tlb))
-        tlb1 = tlb + (self.layout.nb_tlb - TLB1_ENTRIES) * TLB_ENTRY_SIZE
         for esel, ea, size, wimge in POWER_ON_TLB1:
-            entry = TlbEntry.from_address(tlb1 + esel * TLB_ENTRY_SIZE)
+            entry = self.tlb1(esel)
             entry.mas1 = MAS1_V | MAS1_IPROT | mas1_tsize(size)
             entry.mas2 = ea | wimge
             entry.mas7_3 = ea | MAS3_ALL
@@ -172,9 +169,8 @@ class VCpu:
         """The ePAPR entry state's mapping: TLB1 holds one IPROT entry (ESEL 0) mapping EA 0
         to ``physical`` with ``size`` bytes, and nothing else (as QEMU's ppce500 hands a
         kernel its initial mapped area, and its spin code a released secondary)."""
-        tlb1 = ctypes.addressof(self._tlb) + (self.layout.nb_tlb - TLB1_ENTRIES) * TLB_ENTRY_SIZE
-        ctypes.memset(tlb1, 0, TLB1_ENTRIES * TLB_ENTRY_SIZE)
-        entry = TlbEntry.from_address(tlb1)
+        ctypes.memset(ctypes.addressof(self.tlb1(0)), 0, TLB1_ENTRIES * TLB_ENTRY_SIZE)
+        entry = self.tlb1(0)
         entry.mas1 = MAS1_V | MAS1_IPROT | mas1_tsize(size)
         entry.mas2 = 0
         entry.mas7_3 = physical | MAS3_ALL
@@ -221,10 +217,9 @@ class VCpu:
                 (ctypes.c_uint32 * 1024).from_address(base + lay.spr),
                 ctypes.c_uint32.from_address(base + lay.msr),
                 ctypes.c_uint32.from_address(base + lay.nip),
-                ctypes.c_uint64.from_address(base + lay.spr + SPR_TBL_READ * 4),
             )
         self.base = base
-        self._gprs, self._sprs, self._msr, self._nip, self._tb = views
+        self._gprs, self._sprs, self._msr, self._nip = views
 
     # --- registers -------------------------------------------------------------------------
 
@@ -315,10 +310,6 @@ class VCpu:
         self._set_word(base, value & ~mask)
         for i, bit in enumerate((_XER_SO, _XER_OV, _XER_CA)):
             self._set_word(base + 4 * (i + 1), value >> bit & 1)
-
-    def set_timebase(self, ticks: int) -> None:
-        """TBU:TBL as one aligned 64-bit store, so a guest never sees a torn pair."""
-        self._tb.value = ticks & 0xFFFF_FFFF_FFFF_FFFF
 
     def snapshot(self, pc: int | None = None) -> CpuState:
         """GPRs, PC, MSR, LR, CTR, CR and XER."""

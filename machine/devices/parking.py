@@ -50,15 +50,12 @@ class CpuSlot:
         self.parked: ParkReason | None = None
         self.wake = trio.Event()
         self.release: tuple[int, int] | None = None  # latched (entry, r3)
-        self.generation = 0
-        self.in_slice = False  # inside VCpu.run (handed to the scheduler)
         self.input_pending = False  # console input arrived since the last EV_IDLE
         #: A timer raised an interrupt input since the last EV_IDLE (latched like input).
         self.interrupt_pending = False
         #: What the CPU is parked in ("EV_IDLE", "FW_WAIT_STORE on 0x3000"); cleared when it
         #: wakes normally, kept when a stop cancels the wait, so timeouts can say it.
         self.waiting_in: str | None = None
-        self.lot = trio.lowlevel.ParkingLot()
         #: FW_WAIT_STORE parked inside the slice: the scheduler's wait and the armed waiter.
         self.wait: Wait | None = None
         self.waiter: Waiter | None = None
@@ -87,9 +84,6 @@ class Parking:
         raise NotImplementedError
 
     def _soon(self, fn: Callable[[], object]) -> None:
-        raise NotImplementedError
-
-    def _set_running(self, delta: int, from_worker: bool = False) -> None:
         raise NotImplementedError
 
     def _arm_spin_table(self) -> None:
@@ -158,7 +152,6 @@ class Parking:
     async def _wait_event(self, slot: CpuSlot, reason: ParkReason, pc: int) -> str:
         slot.wake = trio.Event()
         slot.parked = reason
-        slot.lot.unpark_all()
         self.events.emit(CpuParked(time=self.now(), cpu=slot.cpu.index, reason=reason, pc=pc))
         try:
             if slot.release is not None:
@@ -197,7 +190,6 @@ class Parking:
             if slot.release is not None:
                 return "release"
             slot.parked = reason
-            slot.lot.unpark_all()
             if announce:
                 self.events.emit(CpuParked(time=self.now(), cpu=slot.cpu.index, reason=reason,
                                            pc=pc, address=word))
@@ -278,7 +270,6 @@ class Parking:
         slot.parked = ParkReason.IDLE
         slot.waiting_in = "EV_IDLE"
         cpu.parked_in_slice = True
-        self._set_running(-1, from_worker=True)
         self.scheduler.park(cpu, wait)
         return True
 
@@ -292,7 +283,6 @@ class Parking:
 
     def _idle_woke(self, slot: CpuSlot, by: str) -> None:
         self._end_wait(slot)
-        self._set_running(+1, from_worker=True)
         slot.waiting_in = None
         slot.input_pending = slot.interrupt_pending = False
         if self.events.active:
@@ -301,7 +291,6 @@ class Parking:
     def _kick_idle(self, slot: CpuSlot) -> Exit:
         """The machine stopped a CPU idling inside its slice: its trio task idles it."""
         self._end_wait(slot)
-        self._set_running(+1, from_worker=True)
         return Exit(ExitKind.PARK, slot.cpu.hcall_pc, Park(ParkReason.IDLE))
 
     def wait_store_in_slice(self, cpu: VCpu, addr: int,
@@ -332,7 +321,6 @@ class Parking:
         slot.parked = ParkReason.WAIT_STORE
         slot.waiting_in = f"FW_WAIT_STORE on {addr:#x}"
         cpu.parked_in_slice = True
-        self._set_running(-1, from_worker=True)
         self.events.emit(CpuParked(time=self.now(), cpu=cpu.index, reason=ParkReason.WAIT_STORE,
                                    pc=cpu.hcall_pc, address=addr))
         self.scheduler.park(cpu, wait)
@@ -347,7 +335,6 @@ class Parking:
     def _store_woke(self, slot: CpuSlot, value: int) -> None:
         """The store that ended an in-slice FW_WAIT_STORE (worker, as the CPU resumes)."""
         self._end_wait(slot)
-        self._set_running(+1, from_worker=True)
         slot.waiting_in = None
         cpu = slot.cpu
         cpu.set_gpr(3, EvStatus.SUCCESS)
@@ -358,15 +345,13 @@ class Parking:
     def _release_woke(self, slot: CpuSlot) -> int | None:
         """A release that ended an in-slice FW_WAIT_STORE (worker, as the CPU resumes)."""
         self._end_wait(slot)
-        self._set_running(+1, from_worker=True)
         slot.waiting_in = None
         self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index, by="release"))
         return self._take_release(slot)
 
     def _kick_wait(self, slot: CpuSlot, addr: int, expected: int) -> Exit:
         """The machine stopped a CPU parked inside its slice: its trio task parks it."""
-        self._end_wait(slot)
-        self._set_running(+1, from_worker=True)  # its task's slice ends now, and counts -1
+        self._end_wait(slot)  # its task's slice ends now, and counts -1
         return Exit(ExitKind.PARK, slot.cpu.hcall_pc,
                     Park(ParkReason.WAIT_STORE, addr, expected, announced=True))
 
