@@ -382,6 +382,8 @@ class E500Machine(Parking):
         self.ram.zero()
         self.fwcfg.reset()
         self.scheduler.reset()  # every CPU's registers and SPRs as at power-on
+        for cpu in self.cpus:  # and its timebase offset and decrementer
+            self.timers.reset(cpu)
         self.engine.forget_code(self.ram.base, self.ram.base + self.ram.size)
         for slot in self._slots:
             slot.release = None

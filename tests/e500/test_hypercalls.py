@@ -193,8 +193,8 @@ _start:
 
 
 async def test_reset_puts_every_register_back_to_power_on() -> None:
-    # Each boot prints "A" if SPRG0 and r20 are as at power-on, "X" if they kept what the
-    # previous boot wrote, then writes them and resets.
+    # Each boot prints "A" if SPRG0, r20 and the decrementer are as at power-on, "X" if they
+    # kept what the previous boot wrote, then writes them and resets.
     async def stop_after_third_boot(m: object) -> None:
         with trio.fail_after(5):
             while m.console.bytes_out < 3:  # type: ignore[attr-defined]
@@ -204,13 +204,17 @@ async def test_reset_puts_every_register_back_to_power_on() -> None:
     b = await boot("""
 _start:
     mfspr 5, 272
-    or. 5, 5, 20
+    or 5, 5, 20
+    mfspr 6, 22
+    or. 5, 5, 6
     bne 2f
     puts4 0x41000000, 1
     b 3f
 2:  puts4 0x58000000, 1
 3:  li32 5, 0x1234
     mtspr 272, 5
+    li32 5, 0x7fffffff
+    mtspr 22, 5
     li 20, 1
     lis 6, 0x10
     mtctr 6
