@@ -38,6 +38,34 @@ FWCFG_SIZE: Final = 0x18
 
 PAGE_SIZE: Final = 4 * KiB
 
+# --- CCSR: the platform devices, at QEMU ppce500's offsets (PLATFORM.md "Platform devices") --
+
+#: QEMU's ppce500 puts CCSR at 0xF_E000_0000, which this engine cannot reach (its page mask is
+#: 32-bit); the block sits below 4 GiB instead, as real MPC85xx boards' firmware places it.
+CCSR_BASE: Final = 0xE000_0000
+CCSR_SIZE: Final = 1 * MiB
+#: Device offsets inside CCSR (QEMU's MPC8544_* constants, hw/ppc/e500.c).
+UART0_OFFSET: Final = 0x4500
+UART_SIZE: Final = 0x100
+MPIC_OFFSET: Final = 0x40000
+MPIC_SIZE: Final = 0x40000
+MSI_OFFSET: Final = 0x41600
+MSI_SIZE: Final = 0x200
+GUTS_OFFSET: Final = 0xE0000
+GUTS_SIZE: Final = 0x1000
+GPIO_OFFSET: Final = 0xFF000
+GPIO_SIZE: Final = 0x1000
+#: MPIC interrupt sources (the device tree's first interrupt cell), as QEMU numbers them.
+UART_IRQ: Final = 42
+GPIO_IRQ: Final = 47
+#: The console byte channel's receive and transmit interrupts: level sources of our own
+#: choosing, unused by QEMU's ppce500 (Linux's ehv_bytechan wants both).
+BYTE_CHANNEL_RX_IRQ: Final = 56
+BYTE_CHANNEL_TX_IRQ: Final = 57
+#: Where each CPU's interrupt acknowledge reads its vector into EPR in core-int mode (QEMU:
+#: ``env->mpic_iack``): the current-CPU window's IACK register.
+MPIC_IACK_ADDR: Final = CCSR_BASE + MPIC_OFFSET + 0xA0
+
 # --- Addressing (PLATFORM.md "Addressing") --------------------------------------------------
 
 #: Book E MAS1/MAS2/MAS3 bits the machine writes into TLB entries.
