@@ -33,6 +33,7 @@ from fwcfg import DmaOp, DmaTransfer
 from machine.boot import images as boot
 from machine.config import MachineConfig, check_config
 from machine.cpu.engine import Engine
+from machine.cpu.interrupts import timer_levels
 from machine.cpu.scheduler import Scheduler
 from machine.cpu.timers import Clock, Timers
 from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu
@@ -127,6 +128,9 @@ class E500Machine(Parking):
         self.scheduler = Scheduler(self.engine, self.cpus)
         self._slots = [CpuSlot(cpu) for cpu in self.cpus]
         self.scheduler.on_boundary = self._timer_boundary
+        self.scheduler.next_deadline = self._next_deadline
+        self.scheduler.on_input_raised = self._input_raised
+        self.timers.on_watchdog_reset = self._watchdog_reset
         self.engine.watch_page(spin_table_base(self.ram_size))
         self._init_public_api()
 
@@ -306,10 +310,7 @@ class E500Machine(Parking):
                                            reason=f"FW_POWEROFF by cpu {cpu.index}"))
                     return
                 elif exit_.kind is ExitKind.RESET:
-                    if self._stop_result is None:  # a power-off already under way wins
-                        self.events.emit(Reset(time=self.now(), cpu=cpu.index))
-                        self._reset_requested = True
-                        self._finish(RunResult(code=0, reason="reset"))
+                    self.request_reset(cpu.index, "FW_RESET")
                     return
                 else:
                     self._fault(slot, exit_)
@@ -365,17 +366,40 @@ class E500Machine(Parking):
     # --- time ------------------------------------------------------------------------------
 
     def _timer_boundary(self) -> int | None:
-        """Between slices (worker): decrementers that reached 0 raise their input; a CPU
-        idling in EV_IDLE with an interrupt now pending wakes.  Returns when the engine must
-        next stop for a timer (CLOCK_MONOTONIC ns), or None."""
+        """Between slices (worker): timers that came due set their status bits; the loaded
+        CPU gets its inputs, and a CPU idling in EV_IDLE or dozing with an interrupt now
+        pending wakes.  Returns when the engine must next stop for a timer (CLOCK_MONOTONIC
+        ns), or None."""
         for cpu in self.timers.service():
             if self.engine.current is cpu:
-                self.engine.raise_decrementer()
-            slot = self._slots[cpu.index]
-            slot.interrupt_pending = True
-            self.wake_idle(slot, "interrupt")
+                self.engine.apply_inputs(cpu)
+            if cpu.input_levels or timer_levels(cpu):
+                slot = self._slots[cpu.index]
+                slot.interrupt_pending = True
+                if slot.parked is not None:
+                    self.wake_idle(slot, "interrupt")
+        return self._next_deadline()
+
+    def _next_deadline(self) -> int | None:
         due = self.timers.next_expiry()
         return None if due is None else self.clock.monotonic_ns(due)
+
+    def _input_raised(self, cpu: VCpu) -> None:
+        """A device raised one of ``cpu``'s interrupt inputs (any thread)."""
+        slot = self._slots[cpu.index]
+        slot.interrupt_pending = True
+        self.wake_idle(slot, "interrupt")
+
+    def _watchdog_reset(self, cpu: VCpu) -> None:
+        """A watchdog's final step with TCR[WRC] set (worker): the machine resets."""
+        self._soon(lambda: self.request_reset(cpu.index, "watchdog"))
+
+    def request_reset(self, cpu: int, by: str) -> None:
+        """Reset the machine as a guest asked (trio thread): every CPU back to power-on."""
+        if self._stop_result is None:  # a power-off already under way wins
+            self.events.emit(Reset(time=self.now(), cpu=cpu, by=by))
+            self._reset_requested = True
+            self._finish(RunResult(code=0, reason="reset"))
 
     def _power_on_reset(self) -> None:
         """FW_RESET: RAM back to zeros, devices to their reset state, CPUs to power-on."""
@@ -440,6 +464,9 @@ class _Host:
 
     def store(self, cpu: VCpu, addr: int, data: bytes) -> None:
         self._m.watch.store(addr, data)
+
+    def doze(self, cpu: VCpu, resume_pc: int) -> None:
+        self._m.doze_in_slice(cpu, resume_pc)
 
 
 class _Services:

@@ -128,6 +128,7 @@ class CpuStarted(Event):
 class ParkReason(enum.Enum):
     POWER_ON = "power-on"  # a CPU that waits for the machine (direct boot secondaries)
     IDLE = "idle"  # EV_IDLE
+    DOZE = "doze"  # MSR[WE] with HID0[DOZE|NAP|SLEEP]: until an interrupt is due
     WAIT_STORE = "wait-store"  # FW_WAIT_STORE
     SPIN_TABLE = "spin-table"  # parked by the machine on its spin-table entry
 
@@ -215,12 +216,14 @@ class PowerOff(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reset(Event):
-    """FW_RESET: the machine is restarting from power-on."""
+    """The machine is restarting from power-on, as ``cpu`` asked: ``by`` FW_RESET, a
+    watchdog's reset action, or a write to GUTS' RSTCR."""
 
     cpu: int
+    by: str = "FW_RESET"
 
     def describe(self) -> str:
-        return f"cpu {self.cpu}: machine reset"
+        return f"cpu {self.cpu}: machine reset ({self.by})"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

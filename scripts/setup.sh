@@ -8,7 +8,7 @@ extras=""
 if [[ "${1:-}" == "--test" ]]; then
     extras="[test]"
     pkgs=(qemu-system-arm qemu-system-ppc binutils-powerpc-linux-gnu gcc-powerpc-linux-gnu
-          gdb-multiarch device-tree-compiler make)
+          gdb-multiarch device-tree-compiler make cpio)
     missing=()
     for p in "${pkgs[@]}"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

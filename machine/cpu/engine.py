@@ -54,6 +54,8 @@ from unicorn.ppc_const import UC_PPC_REG_MSR
 
 from machine.cpu import exceptions
 from machine.cpu.debugging import DebugHooks
+from machine.cpu.interrupts import LINES, levels
+from machine.cpu.irq_layout import CHECK_POW, HID0_DOZE, SPR_HID0
 from machine.cpu.layout import (
     EngineLayoutError,
     Layout,
@@ -77,6 +79,7 @@ from machine.events import FaultKind
 from machine.memory import GuestRAM
 from machine.platform import (
     FWCFG_BASE,
+    MPIC_IACK_ADDR,
     PAGE_SIZE,
     ROM_BASE,
     ROM_SIZE,
@@ -85,7 +88,8 @@ from machine.platform import (
 
 _RAM_MAP_CHUNK = 16 * 1024 * 1024
 _PPC_TIMER_E500 = 2  # QEMU's PPC_TIMER_E500 flag for ppc_booke_timers_init
-IRQ_DECR = 8  # QEMU's PPC_INTERRUPT_DECR input
+#: HID0[DOZE], [NAP] and [SLEEP]: with any of them, MSR[WE] halts an e500 (QEMU's check_pow).
+_HID0_POWER_SAVE = HID0_DOZE | 0x0060_0000
 #: memmove that keeps the GIL (ctypes.memmove releases it, and then the worker may wait to get
 #: it back from another thread in the middle of a context switch).
 _memmove: Any = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -107,6 +111,10 @@ class Host(Protocol):
 
     def store(self, cpu: VCpu, addr: int, data: bytes) -> None:
         """Land a store into a watched page (and wake whom it concerns)."""
+        ...
+
+    def doze(self, cpu: VCpu, resume_pc: int) -> None:
+        """``cpu`` halted in MSR[WE]: park it until it has work (the slice is ending)."""
         ...
 
 
@@ -151,6 +159,17 @@ class Engine(DebugHooks):
         self._trap_sprs(TRAPPED)
         #: The vCPUs' timers (set by the board once it has built them).
         self.timers: Timers | None = None
+        #: Called from a hook when a trapped timer write moved an expiry (the scheduler
+        #: re-arms its deadline).
+        self.on_retime: Any = lambda: None
+        # Doze: QEMU's power-management hook, replaced (machine/cpu/irq_layout.py); and the
+        # core-int acknowledge address every CPU's EPR is loaded from (the MPIC's IACK).
+        self._check_pow = CHECK_POW(self._on_doze)
+        #: QEMU's pending interrupt inputs of the loaded CPU (a bit per input).
+        self._pending = ctypes.c_uint32.from_address(self.env + self.layout.pending_interrupts)
+        ctypes.c_uint64.from_address(self.env + self.layout.check_pow).value = \
+            ctypes.cast(self._check_pow, ctypes.c_void_p).value or 0
+        ctypes.c_uint64.from_address(self.env + self.layout.mpic_iack).value = MPIC_IACK_ADDR
         #: The reset state every vCPU context starts from.
         self.template = ctypes.create_string_buffer(self.layout.env_size)
         ctypes.memmove(self.template, self.env, self.layout.env_size)
@@ -200,6 +219,8 @@ class Engine(DebugHooks):
     def load(self, cpu: VCpu) -> None:
         """Make ``cpu`` the one the engine runs (saving the one loaded before)."""
         if self.current is cpu:
+            if cpu.inputs_dirty:
+                self.apply_inputs(cpu)
             return
         last = self.current or self._last
         if self.current is not None:
@@ -215,15 +236,38 @@ class Engine(DebugHooks):
             cpu.tlb_changed = False
             tlb_flush(self._cpu)
         # Its interrupt inputs: QEMU keeps the lines in the context, the request outside it.
-        set_irq(self._cpu, IRQ_DECR, int(Timers.decrementer_level(cpu)))
+        self.apply_inputs(cpu, switched=True)
         self._last = cpu
         if cpu.msr_dirty:
             cpu.msr_dirty = False
             self.uc.reg_write(UC_PPC_REG_MSR, cpu.msr)  # recomputes hflags and MMU index
 
-    def raise_decrementer(self) -> None:
-        """The loaded CPU's decrementer input went up (worker, between slices)."""
-        set_irq(self._cpu, IRQ_DECR, 1)
+    def apply_inputs(self, cpu: VCpu, *, switched: bool = False) -> None:
+        """Give the loaded ``cpu``'s interrupt inputs to QEMU (worker thread): the device
+        inputs it was given, the timer inputs its TSR and TCR make.  Only the lines whose
+        pending bit differs, unless another CPU was loaded in between (QEMU's interrupt
+        request is not part of a context).  QEMU clears a decrementer's pending bit when it
+        delivers it; one whose TSR[DIS] is still set is raised again here, as the level
+        input of the hardware would be."""
+        assert self.current is cpu
+        cpu.inputs_dirty = False
+        up = levels(cpu)
+        changed = -1 if switched else up ^ self._pending.value
+        for line in LINES:
+            if changed >> line & 1:
+                set_irq(self._cpu, line, (up >> line) & 1)
+
+    def set_input(self, line: int, level: bool) -> None:
+        """One input of the loaded CPU, from a hook: QEMU takes the interrupt at the next
+        block boundary (the slice ends there, which is what makes it look)."""
+        set_irq(self._cpu, line, int(level))
+        if level:
+            emu_stop(self.handle)
+
+    def set_epr_proxy(self, cpu: VCpu, on: bool) -> None:
+        """Core-int mode for ``cpu`` (the MPIC's GCR sets it): its external interrupt entry
+        loads EPR from the MPIC's interrupt acknowledge."""
+        ctypes.c_uint8.from_address(cpu.base + self.layout.mpic_proxy).value = int(on)
 
     def save(self) -> None:
         cpu, self.current = self.current, None
@@ -353,28 +397,58 @@ class Engine(DebugHooks):
         cpu = self.current
         assert cpu is not None
         pc = cpu.nip - 4  # unicorn advanced the PC past the instruction that trapped
-        if intno in exceptions.PRIVILEGED and self.timers is not None \
-                and self.timers.emulate(cpu, self.fetch_insn(pc)):
-            return  # a timebase or decrementer access, answered (the PC is past it)
+        timers = self.timers
+        if intno in exceptions.PRIVILEGED and timers is not None \
+                and timers.emulate(cpu, self.fetch_insn(pc)):
+            # A timer access, answered (the PC is past it).  A write that moved an expiry
+            # re-times the scheduler's deadline; a TCR write may raise or drop an input.
+            if timers.retime:
+                timers.retime = False
+                self.apply_inputs(cpu)
+                self.on_retime()
+            return
         if intno == exceptions.SYSCALL and self._error_code.value == 1:  # sc 1: a hypercall
             cpu.hcall_pc = pc + 4
             result = self.host.hypercall(cpu)
             if result is not None:
                 self.stop_with(result)
             return
+        if intno == exceptions.ALIGNMENT:  # QEMU 5 does not set DEAR: work it out
+            insn = self.fetch_insn(pc)
+            ea = exceptions.effective_address(insn, cpu.gpr)
+            if ea is not None:
+                cpu.write_spr(exceptions.SPR_DEAR, ea)
         handler = exceptions.vector(cpu, intno)
         if handler is None or handler == pc:  # no handler, or it faults on its own entry
             kind = exceptions.KIND.get(intno, FaultKind.EXCEPTION)
             address = exceptions.fault_address(cpu, intno, pc)
             self.stop_with(Exit(ExitKind.FAULT, pc, Fault(kind, pc, address, cpu.snapshot(pc))))
             return
-        if intno == exceptions.ALIGNMENT:  # QEMU 5 does not set DEAR: work it out
-            insn = self.fetch_insn(pc)
-            ea = exceptions.effective_address(insn, cpu.gpr)
-            if ea is not None:
-                cpu.write_spr(exceptions.SPR_DEAR, ea)
+        interrupted = cpu.msr
         cpu.set_nip(pc)
         do_interrupt(self._cpu)  # QEMU's powerpc_excp: SRR0/1, ESR, DEAR, MAS, MSR, vector
+        # Where QEMU's entry differs from e500v2's (exceptions.entry_fixes): SRR1 is exactly
+        # the MSR interrupted, and a non-critical interrupt keeps MSR[CE] and MSR[DE].
+        fixed = exceptions.entry_fixes(intno, interrupted, cpu.msr)
+        if fixed is not None:
+            save_reg, msr = fixed
+            cpu.write_spr(save_reg, interrupted)
+            if msr != cpu.msr:
+                self.uc.reg_write(UC_PPC_REG_MSR, msr)
+
+    def _on_doze(self, env: int) -> int:
+        """QEMU's check_pow, from ``mtmsr`` setting MSR[WE] with no input up (worker).
+
+        With HID0[DOZE|NAP|SLEEP] the CPU halts, as QEMU's e500 does; unicorn would then
+        spin on it, so the slice ends here and the machine parks the vCPU until it has work
+        (machine/cpu/interrupts.py).  It resumes after the ``mtmsr`` with the interrupt
+        pending, so the interrupt is taken before anything else runs."""
+        cpu = self.current
+        if cpu is None or not cpu.read_spr(SPR_HID0) & _HID0_POWER_SAVE:
+            return 0
+        self.host.doze(cpu, cpu.nip)
+        emu_stop(self.handle)  # (in debug mode too: a halted CPU runs no block to stop at)
+        return 1
 
     def _on_unmapped(self, uc: Any, access: int, address: int, size: int, value: int,
                      _ud: Any) -> bool:

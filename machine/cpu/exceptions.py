@@ -85,3 +85,31 @@ def effective_address(insn: int, gpr: Callable[[int], int]) -> int | None:
     if op == 31:  # lwarx, stwcx., lwzx, stwx, ...: EA = (rA|0) + rB
         return (base + gpr((insn >> 11) & 31)) & 0xFFFF_FFFF
     return None
+
+
+SPR_SRR1: Final = 27
+SPR_CSRR1: Final = 59
+SPR_MCSRR1: Final = 571
+MSR_CE: Final = 0x0002_0000
+MSR_DE: Final = 0x0000_0200
+#: Critical-class exceptions (critical input, watchdog, debug) save to CSRR0/CSRR1; machine
+#: check to MCSRR0/MCSRR1 (e500v2 core manual, "Interrupt classes").
+_CRITICAL: Final = frozenset({0, 12, 15})
+_MACHINE_CHECK: Final = 1
+
+
+def entry_fixes(excp: int, interrupted: int, entered: int) -> tuple[int, int] | None:
+    """Correct QEMU's entry into a synchronous exception handler to e500v2's: (the save/
+    restore register that must hold the interrupted MSR, the handler's MSR), or None.
+
+    QEMU 5 ORs classic PowerPC reason bits into SRR1 (0x80000 for an illegal instruction,
+    0x40000 -- MSR[WE] on an e500 -- for a privileged one, 0x20000 -- MSR[CE] -- for a trap,
+    so that returning from a trap handler with ``rfi`` turned critical interrupts on); and it
+    clears MSR[CE] and MSR[DE] on every entry, where a non-critical interrupt keeps them.
+    Interrupts QEMU delivers by itself (external, decrementer, FIT, watchdog) never pass here:
+    their SRR1 is right, and they clear CE and DE (PLATFORM.md, "Exceptions")."""
+    if excp == _MACHINE_CHECK:
+        return SPR_MCSRR1, entered
+    if excp in _CRITICAL:
+        return SPR_CSRR1, entered
+    return SPR_SRR1, entered | interrupted & (MSR_CE | MSR_DE)

@@ -56,6 +56,8 @@ from unicorn.ppc_const import (
     UC_PPC_REG_XER,
 )
 
+from machine.cpu import irq_layout
+
 _REQUIRED = "this unicorn build is not the one fwcfg-e500 supports (pip install unicorn==2.1.4)"
 
 
@@ -118,6 +120,12 @@ class Layout:
     nb_tlb: int  # entries of the Book E TLB array (TLB0 + TLB1)
     tlb: int  # the pointer to the Book E TLB array (ppcmas_tlb_t[nb_tlb], 24 bytes each)
     error_code: int  # the pending exception's detail (a system call's LEV, a program check's)
+    #: Interrupt state (machine/cpu/irq_layout.py): the input bits, the core-int acknowledge
+    #: (EPR) fields, and the power-management hook MSR[WE] calls.
+    pending_interrupts: int = 0
+    mpic_iack: int = 0
+    mpic_proxy: int = 0
+    check_pow: int = 0
 
     @property
     def context_ranges(self) -> tuple[tuple[int, int], ...]:
@@ -420,13 +428,20 @@ def _discover() -> Layout:
     _check_no_exit_request(no_exit)
     mmu_model, nb_tlb, tlb = _find_mmu(spr, spr_cb[1], env_size, env_path)
     error_code = _find_error_code(uc, env, spr_cb[1], env_size)
+    cpu = ctypes.c_uint64.from_address(handle + env_path[0]).value
+    try:
+        irq = irq_layout.discover(uc, env, cpu, error_code, env_size, _run_stub, _insn_mtspr)
+    except irq_layout.IrqLayoutError as e:
+        raise EngineLayoutError(str(e)) from None
     for name, off in (("MSR", msr), ("PC", nip), ("LR", lr), ("CTR", ctr), ("XER", xer),
                       ("CR", crf)):
         if not 32 * 4 <= off < spr:
             raise EngineLayoutError(f"{name} is not where expected; {_REQUIRED}")
     return Layout(env_path=env_path, spr=spr, msr=msr, nip=nip, lr=lr, ctr=ctr, crf=crf,
                   xer=xer, spr_cb=spr_cb, env_size=env_size, no_exit_request=no_exit,
-                  mmu_model=mmu_model, nb_tlb=nb_tlb, tlb=tlb, error_code=error_code)
+                  mmu_model=mmu_model, nb_tlb=nb_tlb, tlb=tlb, error_code=error_code,
+                  pending_interrupts=irq.pending_interrupts, mpic_iack=irq.mpic_iack,
+                  mpic_proxy=irq.mpic_proxy, check_pow=irq.check_pow)
 
 
 _lock = threading.Lock()

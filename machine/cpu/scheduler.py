@@ -92,6 +92,13 @@ class Scheduler:
         #: Called by the worker between slices (timers): returns when the engine must next
         #: stop (CLOCK_MONOTONIC ns) or None.
         self.on_boundary: Callable[[], int | None] = lambda: None
+        #: When the engine must next stop for a timer (CLOCK_MONOTONIC ns) or None, without
+        #: serving anything: for re-timing inside a slice (:meth:`retime`).
+        self.next_deadline: Callable[[], int | None] = lambda: None
+        #: Called with a vCPU whose device input went up (any thread, lock not held): the
+        #: machine wakes it if it dozes or idles and now has work.
+        self.on_input_raised: Callable[[VCpu], None] = lambda cpu: None
+        engine.on_retime = self.retime
         #: vCPU switches, and the worker's time between two slices of different vCPUs
         #: (bookkeeping and the context swap; time asleep with nothing runnable excluded).
         self.switches = 0
@@ -192,6 +199,44 @@ class Scheduler:
                 else:
                     self._stop_current()
             return True
+
+    def set_input(self, cpu: VCpu, line: int, level: bool) -> None:
+        """Drive one of ``cpu``'s device interrupt inputs (QEMU input number ``line``) from
+        any thread: the interrupt controller's outputs land here.
+
+        The loaded vCPU gets it at once from a hook of its own slice (QEMU takes it at the
+        next block boundary), or by a stop of its slice from another thread; a switched-out
+        vCPU gets it when it is next loaded.  A dozing or idle vCPU that now has work wakes."""
+        bit = 1 << line
+        with self._cv:
+            now = cpu.input_levels | bit if level else cpu.input_levels & ~bit
+            if now == cpu.input_levels:
+                return
+            cpu.input_levels = now
+            if self.engine.current is cpu:
+                if self._current is cpu and threading.get_ident() == self._worker_id:
+                    self.engine.set_input(line, level)  # in its own slice: a hook
+                else:
+                    cpu.inputs_dirty = True  # applied as it is next prepared
+                    if self._current is cpu and level:
+                        self._stop_current()
+        if level:
+            self.on_input_raised(cpu)
+
+    def retime(self) -> None:
+        """A running vCPU moved a timer's expiry (worker, from a hook): re-arm the stop."""
+        due = self.next_deadline()
+        if self.engine.debug_mode:
+            if due is not None and (not self.engine.block_deadline_ns
+                                    or due < self.engine.block_deadline_ns):
+                self.engine.block_deadline_ns = due
+            return
+        if due != self._armed_for:
+            self._armed_for = due
+            if due is None:
+                self._deadline.disarm()
+            else:
+                self._deadline.arm_at(due)
 
     def pc_of(self, cpu: VCpu) -> int:
         """Where ``cpu`` is (for messages): its PC if it runs, where it resumes if not."""
@@ -337,8 +382,13 @@ class Scheduler:
             with self._cv:
                 if not self._runq:
                     # The timer stays armed from one slice to the next (two syscalls a slice
-                    # cost more than a spurious stop now and then); idle, it must not tick.
+                    # cost more than a spurious stop now and then); idle, it must not tick,
+                    # and the deadline is this thread's own wait (a timer's expiry would wake
+                    # a notification thread for nothing).
                     self._quantum.disarm()
+                    if self._armed_for is not None:
+                        self._armed_for = None
+                        self._deadline.disarm()
                     while not self._runq and not self._closed:
                         if due is None:
                             self._cv.wait()

@@ -161,6 +161,12 @@ class VCpu:
             entry.mas7_3 = ea | MAS3_ALL
         self.write_spr(SPR_PIR, self.index)
         self.msr_dirty = True
+        #: Device interrupt inputs that are up (a bit per QEMU input number: external,
+        #: critical), set by :meth:`Scheduler.set_input <machine.cpu.scheduler.Scheduler.
+        #: set_input>` and given to the engine when the vCPU is loaded.
+        self.input_levels = 0
+        #: The inputs changed while the vCPU was loaded: the engine re-applies them.
+        self.inputs_dirty = False
         #: The TLB array changed outside the guest's own tlbwe: the engine must drop what it
         #: cached from it when it next loads this CPU.
         self.tlb_changed = True
@@ -242,11 +248,13 @@ class VCpu:
             g[n] = v & 0xFFFF_FFFF
 
     def read_spr(self, n: int) -> int:
-        self._check()
+        if self.closed:  # (inline: the timers read SPRs at every boundary)
+            self._check()
         return int(self._sprs[n])
 
     def write_spr(self, n: int, value: int) -> None:
-        self._check()
+        if self.closed:
+            self._check()
         self._sprs[n] = value & 0xFFFF_FFFF
 
     @property

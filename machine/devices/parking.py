@@ -22,6 +22,7 @@ from collections.abc import Callable
 import trio
 
 from machine.cpu.engine import Engine
+from machine.cpu.interrupts import has_work
 from machine.cpu.scheduler import Scheduler, Wait
 from machine.cpu.vcpu import Exit, ExitKind, VCpu
 from machine.devices import hypercalls
@@ -132,6 +133,8 @@ class Parking:
         released = self._take_release(slot)
         if released is not None:
             return released
+        if req.reason is ParkReason.DOZE:
+            return await self._wait_doze(slot, pc)
         if req.reason is ParkReason.IDLE:
             woke = await self._wait_event(slot, ParkReason.IDLE, pc)
             if woke == "release":
@@ -176,6 +179,28 @@ class Parking:
         slot.input_pending = slot.interrupt_pending = False
         self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index, by=by))
         return by
+
+    async def _wait_doze(self, slot: CpuSlot, pc: int) -> int:
+        """A dozing CPU the machine had stopped (trio side): wait until it has work."""
+        while True:
+            slot.wake = trio.Event()
+            slot.parked = ParkReason.DOZE
+            released = self._take_release(slot)
+            if released is not None:
+                slot.parked = None
+                return released
+            if has_work(slot.cpu):
+                slot.parked = None
+                if self.events.active:
+                    self.events.emit(CpuWoken(time=self.now(), cpu=slot.cpu.index,
+                                              by="interrupt"))
+                return pc
+            slot.waiting_in = "MSR[WE] doze"
+            try:
+                await slot.wake.wait()
+            finally:
+                slot.waiting_in = None
+                slot.parked = None
 
     async def _wait_word(self, slot: CpuSlot, word: int, expected: int, reason: ParkReason,
                          pc: int, announce: bool) -> str:
@@ -274,12 +299,38 @@ class Parking:
         return True
 
     def wake_idle(self, slot: CpuSlot, by: str) -> None:
-        """End an EV_IDLE (any thread): in the scheduler, or in the CPU's trio task."""
+        """End an EV_IDLE, or a doze that now has work (any thread): in the scheduler, or
+        in the CPU's trio task."""
+        parked = slot.parked
+        if parked is ParkReason.DOZE and by != "release" and not has_work(slot.cpu):
+            return
         wait = slot.wait
-        if wait is not None and slot.parked is ParkReason.IDLE:
+        if wait is not None and parked in (ParkReason.IDLE, ParkReason.DOZE):
             self.scheduler.wake(slot.cpu, wait, lambda c: self._idle_woke(slot, by))
-        elif slot.parked is ParkReason.IDLE:
+        elif parked in (ParkReason.IDLE, ParkReason.DOZE):
             self._soon(slot.wake.set)
+
+    def doze_in_slice(self, cpu: VCpu, resume_pc: int) -> None:
+        """MSR[WE] halted ``cpu`` (worker, from the engine's power-management hook): it
+        leaves the run queue until it has work (an input up with MSR[EE]) or a release."""
+        slot = self._slots[cpu.index]
+        if self.events.active:
+            self.events.emit(CpuParked(time=self.now(), cpu=cpu.index, reason=ParkReason.DOZE,
+                                       pc=resume_pc))
+        wait = Wait(resume_pc=resume_pc, on_kick=lambda c: self._kick_doze(slot, resume_pc))
+        slot.wait = wait
+        slot.parked = ParkReason.DOZE
+        slot.waiting_in = "MSR[WE] doze"
+        self.scheduler.park(cpu, wait)
+        if slot.release is not None:
+            self.scheduler.wake(cpu, wait, lambda c: self._release_woke(slot))
+        elif has_work(cpu):  # an input came up between the mtmsr and here
+            self.scheduler.wake(cpu, wait, lambda c: self._idle_woke(slot, "interrupt"))
+
+    def _kick_doze(self, slot: CpuSlot, resume_pc: int) -> Exit:
+        """The machine stopped a dozing CPU: its trio task waits for its work instead."""
+        self._end_wait(slot)
+        return Exit(ExitKind.PARK, resume_pc, Park(ParkReason.DOZE))
 
     def _idle_woke(self, slot: CpuSlot, by: str) -> None:
         self._end_wait(slot)

@@ -6,6 +6,8 @@ import struct
 
 import pytest
 
+from machine.events import CpuParked, ParkReason
+
 from .guests import boot
 
 pytestmark = pytest.mark.cross
@@ -45,11 +47,28 @@ h_dec:
     rfi
 """
 EV_IDLE = "hcall HC_EV_IDLE"
+#: Linux's e500_idle without its exception-prologue trick: HID0[DOZE], then MSR[WE] | MSR[EE]
+#: (the interrupt that ends the doze returns after the mtmsr: rfi never sets MSR[WE]).
+DOZE = """lis 3, 0x0080
+    mtspr 1008, 3               /* HID0 = DOZE */
+    mfmsr 3
+    oris 3, 3, 0x0004           /* MSR[WE] */
+    ori 3, 3, 0x8000            /* MSR[EE] */
+    isync
+    mtmsr 3
+    isync"""
 
 
 async def test_the_decrementer_at_250_hz_interrupts_an_idle_cpu_250_times_a_second() -> None:
     b = await boot(DEC_250HZ.format(idle=EV_IDLE), timeout=10)
     assert 225 <= b.result.code <= 275, b.result.reason
+
+
+async def test_a_cpu_dozing_in_msr_we_wakes_for_each_of_250_ticks_a_second() -> None:
+    b = await boot(DEC_250HZ.format(idle=DOZE), timeout=10, record_events=True)
+    assert 225 <= b.result.code <= 275, b.result.reason
+    dozes = [e for e in b.of(CpuParked) if e.reason is ParkReason.DOZE]
+    assert 225 <= len(dozes) <= 280, "each tick ends one doze, and nothing else does"
 
 
 #: CPU 1 sets its timebase to 2^40 + 5 (mttbu, mttbl); each CPU then reads its timebase and
