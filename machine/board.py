@@ -33,7 +33,7 @@ from fwcfg import DmaOp, DmaTransfer
 from machine.boot import images as boot
 from machine.config import MachineConfig, check_config
 from machine.cpu.engine import Engine
-from machine.cpu.interrupts import timer_levels
+from machine.cpu.interrupts import SPR_TSR, TSR_WRS, timer_levels
 from machine.cpu.scheduler import Scheduler
 from machine.cpu.timers import Clock, Timers
 from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu
@@ -104,6 +104,7 @@ class E500Machine(Parking):
         self._stop_result: RunResult | None = None
         self._stop_event: trio.Event | None = None
         self._reset_requested = False
+        self._reset_tsr = (0, 0)  # (cpu, TSR bits) kept across the pending reset
         #: Set by machine.debug.gdbstub while a debugger may attach (debugger support, issue 6).
         self.debug: DebugControl | None = None
 
@@ -391,12 +392,16 @@ class E500Machine(Parking):
         self.wake_idle(slot, "interrupt")
 
     def _watchdog_reset(self, cpu: VCpu) -> None:
-        """A watchdog's final step with TCR[WRC] set (worker): the machine resets."""
-        self._soon(lambda: self.request_reset(cpu.index, "watchdog"))
+        """A watchdog's final step with TCR[WRC] set (worker): the machine resets, and that
+        CPU's TSR[WRS] survives the reset so its firmware can tell why it restarted."""
+        wrs = cpu.read_spr(SPR_TSR) & TSR_WRS
+        self._soon(lambda: self.request_reset(cpu.index, "watchdog", keep_tsr=wrs))
 
-    def request_reset(self, cpu: int, by: str) -> None:
-        """Reset the machine as a guest asked (trio thread): every CPU back to power-on."""
+    def request_reset(self, cpu: int, by: str, keep_tsr: int = 0) -> None:
+        """Reset the machine as a guest asked (trio thread): every CPU back to power-on;
+        ``keep_tsr`` are TSR bits of ``cpu`` that survive it (a watchdog's WRS)."""
         if self._stop_result is None:  # a power-off already under way wins
+            self._reset_tsr = (cpu, keep_tsr)
             self.events.emit(Reset(time=self.now(), cpu=cpu, by=by))
             self._reset_requested = True
             self._finish(RunResult(code=0, reason="reset"))
@@ -406,8 +411,10 @@ class E500Machine(Parking):
         self.ram.zero()
         self.fwcfg.reset()
         self.scheduler.reset()  # every CPU's registers and SPRs as at power-on
-        for cpu in self.cpus:  # and its timebase offset and decrementer
+        for cpu in self.cpus:  # and its timebase offset and timers
             self.timers.reset(cpu)
+        (who, bits), self._reset_tsr = self._reset_tsr, (0, 0)
+        self.cpus[who].write_spr(SPR_TSR, bits)
         self.engine.forget_code(self.ram.base, self.ram.base + self.ram.size)
         for slot in self._slots:
             slot.release = None
