@@ -23,9 +23,8 @@ from machine.boot.devicetree import (
     FdtHeader,
     TreeConfig,
     build_fdt,
-    fixup_user_dtb,
-    load_user_dtb,
 )
+from machine.boot.user_dtb import fixup_user_dtb, load_user_dtb
 
 MiB = P.MiB
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fwcfg import ConfigError, FwCfg, Item, Key, MmioWide, PpcKey, ViewItem
-from machine.boot import devicetree, loader
+from machine.boot import devicetree, loader, user_dtb
 from machine.memory import GuestRAM
 from machine.platform import BUS_HZ, CLOCK_HZ, FDT_FILE_NAME, TIMEBASE_HZ
 
@@ -59,7 +59,7 @@ def load_images(config: MachineConfig) -> BootImages:
         initrd=(initrd.addr, initrd.end) if initrd is not None else None,
     )
     if config.dtb is not None:
-        fdt = devicetree.load_user_dtb(Path(config.dtb), tree)
+        fdt = user_dtb.load_user_dtb(Path(config.dtb), tree)
     else:
         fdt = devicetree.build_fdt(tree)
     layout = loader.plan_layout(kernel, initrd, len(fdt), config.ram_size)
