@@ -62,6 +62,16 @@ GPIO_IRQ: Final = 47
 #: choosing, unused by QEMU's ppce500 (Linux's ehv_bytechan wants both).
 BYTE_CHANNEL_RX_IRQ: Final = 56
 BYTE_CHANNEL_TX_IRQ: Final = 57
+#: Device-tree phandles of the nodes others refer to (interrupt-parent, gpios).
+DT_MPIC_PHANDLE: Final = 1
+DT_GPIO_PHANDLE: Final = 2
+DT_MSI_PHANDLE: Final = 3
+#: The interrupt sense cell for the MPIC's two-cell specifiers: active-high level.
+DT_IRQ_LEVEL_HIGH: Final = 2
+#: GUTS compatibles: QEMU's, then one in Linux's mpc85xx_smp_guts_ids, so Linux syncs each
+#: secondary's timebase by freezing it through DEVDISR (two hand-offs) instead of its software
+#: contest (~10^4 spin-wait hand-offs: why QEMU 7.2 hangs at -smp 2).
+DT_GUTS_COMPATIBLE: Final = ("fsl,mpc8544-guts", "fsl,p2020-guts")
 #: Where each CPU's interrupt acknowledge reads its vector into EPR in core-int mode (QEMU:
 #: ``env->mpic_iack``): the current-CPU window's IACK register.
 MPIC_IACK_ADDR: Final = CCSR_BASE + MPIC_OFFSET + 0xA0

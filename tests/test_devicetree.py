@@ -166,7 +166,8 @@ def test_generated_tree_property_by_property(tmp_path: Path, n_cpus: int, ram_si
     # platform probes for.
     assert t.string("/", "compatible") == "fwcfg-e500 fsl,qemu-e500"
     assert t.string("/", "model") == "fwcfg-e500"
-    assert t.subnodes("/") == ["memory@0", "cpus", "hypervisor", "chosen", "fw-cfg@f0000000"]
+    assert t.subnodes("/") == ["memory@0", "cpus", "hypervisor", "chosen", "fw-cfg@f0000000",
+                               "soc@e0000000", "power-off", "aliases"]
 
     assert t.string("/memory@0", "device_type") == "memory"
     assert t.cells("/memory@0", "reg") == [0, 0, 0, ram_size]
@@ -203,6 +204,30 @@ def test_generated_tree_property_by_property(tmp_path: Path, n_cpus: int, ram_si
     assert t.string(console, "compatible") == "epapr,hv-byte-channel"
     assert t.cells(console, "hv-handle") == [0]
     assert t.cells(console, "reg") == [0]
+    # ehv_bytechan's rx and tx interrupts, level, on the MPIC
+    assert t.cells(console, "interrupts") == [P.BYTE_CHANNEL_RX_IRQ, 2, P.BYTE_CHANNEL_TX_IRQ, 2]
+    assert t.cells(console, "interrupt-parent") == t.cells("/soc@e0000000/pic@40000", "phandle")
+
+    # The platform devices at QEMU ppce500's CCSR offsets, with the CCSR block at 0xE000_0000.
+    soc = "/soc@e0000000"
+    assert t.string(soc, "compatible") == "fsl,mpc8544-immr simple-bus"
+    assert t.cells(soc, "ranges") == [0, 0, 0xE000_0000, 0x10_0000]
+    assert t.subnodes(soc) == ["pic@40000", "msi@41600", "serial@4500", "global-utilities@e0000",
+                               "gpio@ff000"]
+    pic = f"{soc}/pic@40000"
+    assert t.string(pic, "compatible") == "fsl,mpic"
+    assert t.string(pic, "device_type") == "open-pic"
+    assert t.cells(pic, "reg") == [0x40000, 0x40000]
+    assert t.cells(pic, "#interrupt-cells") == [2]
+    assert t.raw(pic, "interrupt-controller") == b""
+    assert t.cells(f"{soc}/serial@4500", "interrupts") == [42, 2]
+    assert t.string(f"{soc}/serial@4500", "compatible") == "ns16550"
+    guts = f"{soc}/global-utilities@e0000"
+    assert t.string(guts, "compatible") == "fsl,mpc8544-guts fsl,p2020-guts"
+    assert t.raw(guts, "fsl,has-rstcr") == b""
+    assert t.cells(f"{soc}/gpio@ff000", "interrupts") == [47, 2]
+    assert t.cells("/power-off", "gpios") == [*t.cells(f"{soc}/gpio@ff000", "phandle"), 0, 0]
+    assert t.string("/aliases", "serial0") == f"{soc}/serial@4500"
 
     assert t.string("/chosen", "bootargs") == "console=hvc0 root=/dev/ram"
     assert t.string("/chosen", "stdout-path") == console

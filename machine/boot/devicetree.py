@@ -33,6 +33,7 @@ from construct import Int32ub, Struct
 
 from fwcfg import ConfigError
 from machine import platform as P
+from machine.boot import dt_platform
 
 #: The FDT format version written and read (the one with ``size_dt_struct`` in the header,
 #: which dtc has written since 2007), and the oldest version it is compatible with.
@@ -170,12 +171,15 @@ def _memory_node(cfg: TreeConfig, address_cells: int, size_cells: int) -> fdt.No
     )
 
 
-def _hypervisor_node(cfg: TreeConfig) -> fdt.Node:
+def _hypervisor_node(cfg: TreeConfig, mpic_phandle: int | None = P.DT_MPIC_PHANDLE) -> fdt.Node:
+    """``/hypervisor``; the byte channel's interrupts go to the MPIC with ``mpic_phandle``
+    (None: a user's tree without one; the channel is then polled)."""
     console = fdt.Node(
         _CONSOLE_NODE,
         fdt.PropStrings("compatible", P.DT_BYTE_CHANNEL_COMPATIBLE),
         fdt.PropWords("reg", P.CONSOLE_HANDLE),
         fdt.PropWords("hv-handle", P.CONSOLE_HANDLE),
+        *(dt_platform.byte_channel_interrupts(mpic_phandle) if mpic_phandle else ()),
     )
     return fdt.Node(
         HYPERVISOR_NODE,
@@ -252,6 +256,9 @@ def build_fdt(cfg: TreeConfig) -> bytes:
         _hypervisor_node(cfg),
         fdt.Node("chosen"),
         _fwcfg_node(2, 2),
+        dt_platform.soc_node(),
+        dt_platform.power_off_node(),
+        dt_platform.aliases_node(),
     )
     _fill_chosen(root.get_subnode("chosen"), cfg)
     return _serialise(root, [_spin_reservation(cfg)])

@@ -263,6 +263,23 @@ def _user_cpus_by_reg(cpus: fdt.Node | None) -> Iterator[tuple[int, fdt.Node]]:
             yield reg[0], node
 
 
+def _mpic_phandle(root: fdt.Node) -> int | None:
+    """The phandle of the user's MPIC node (an "fsl,mpic" or "open-pic" interrupt
+    controller), for the byte channel's interrupts; None if the tree has none."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if "fsl,mpic" in _strings(node, "compatible") or _strings(node, "device_type") == [
+                "open-pic"]:
+            for name in _PHANDLE_PROPS:
+                words = _words(node, name)
+                if words:
+                    return words[0]
+            return None
+        stack.extend(node.nodes)
+    return None
+
+
 def fixup_user_dtb(blob: bytes, cfg: TreeConfig, source: str = "the -dtb blob") -> bytes:
     """The user's tree with the machine's CPUs, memory, hypervisor, fw_cfg and /chosen.
 
@@ -287,7 +304,8 @@ def fixup_user_dtb(blob: bytes, cfg: TreeConfig, source: str = "the -dtb blob") 
             root.nodes.remove(node)
     _replace(root, keep, _memory_node(cfg, address_cells, size_cells))
 
-    _replace(root, root.get_subnode(HYPERVISOR_NODE), _hypervisor_node(cfg))
+    _replace(root, root.get_subnode(HYPERVISOR_NODE),
+             _hypervisor_node(cfg, _mpic_phandle(root)))
 
     fwcfgs = [n for n in root.nodes if P.DT_FWCFG_COMPATIBLE in _strings(n, "compatible")]
     for node in fwcfgs[1:]:
