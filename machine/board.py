@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from fwcfg import DmaOp, DmaTransfer
 from machine.boot import images as boot
 from machine.config import MachineConfig, check_config
 from machine.cpu.engine import Engine
@@ -37,18 +36,14 @@ from machine.cpu.interrupts import SPR_TSR, TSR_WRS, timer_levels
 from machine.cpu.scheduler import Scheduler
 from machine.cpu.timers import Clock, Timers
 from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu
-from machine.devices import hypercalls
+from machine.devices.ccsr import Ccsr
 from machine.devices.console import Console
-from machine.devices.hypercalls import PowerOffRequest
 from machine.devices.parking import CpuSlot, Parking
 from machine.eventhub import EventHub
 from machine.events import (
     CpuStarted,
     Event,
-    FwCfgDma,
-    FwCfgSelect,
     GuestFault,
-    Hypercall,
     PowerOff,
     Reset,
 )
@@ -56,12 +51,12 @@ from machine.memory import GuestRAM
 from machine.platform import (
     DIRECT_BOOT_STACK,
     EPAPR_MAGIC,
-    FWCFG_SIZE,
     ROM_SIZE,
-    EvStatus,
+    SPR_PVR,
     ima_size,
     spin_table_base,
 )
+from machine.wiring import PlatformWires, VcpuHooks
 
 if TYPE_CHECKING:
     from machine.debug.gdb_control import DebugControl  # debugger support (issue 6)
@@ -105,6 +100,9 @@ class E500Machine(Parking):
         self._stop_event: trio.Event | None = None
         self._reset_requested = False
         self._reset_tsr = (0, 0)  # (cpu, TSR bits) kept across the pending reset
+        self._devices_due: int | None = None  # CLOCK_MONOTONIC ns of the next device timer
+        self._virtual_clock = False
+        self._trio_thread: int | None = None
         #: Set by machine.debug.gdbstub while a debugger may attach (debugger support, issue 6).
         self.debug: DebugControl | None = None
 
@@ -120,7 +118,7 @@ class E500Machine(Parking):
         #: Host-side warnings about the configuration (the CLI prints them).
         self.warnings: list[str] = warnings
         #: The machine's one CPU engine, and the scheduler that runs its vCPUs in it.
-        self.engine = Engine(self.ram, ctypes.addressof(self._rom_anchor), _Host(self))
+        self.engine = Engine(self.ram, ctypes.addressof(self._rom_anchor), VcpuHooks(self))
         self.cpus = [self.engine.new_vcpu(i) for i in range(self.n_cpus)]
         #: Every CPU's timebase and decrementer (machine/cpu/timers.py).
         self.clock = Clock()
@@ -128,6 +126,12 @@ class E500Machine(Parking):
         self.engine.timers = self.timers
         self.scheduler = Scheduler(self.engine, self.cpus)
         self._slots = [CpuSlot(cpu) for cpu in self.cpus]
+        #: The platform devices (MPIC, GUTS, GPIO, UART), on their own clock: host time
+        #: since power-on, or qtest's virtual clock (:meth:`use_virtual_clock`).
+        self._device_clock: Callable[[], int] = lambda: time.monotonic_ns() - self._t0
+        self.ccsr = Ccsr(self.n_cpus, self.cpus[0].read_spr(SPR_PVR), PlatformWires(self),
+                         lambda: self._device_clock())
+        self.console.on_drained = self.ccsr.console_changed
         self.scheduler.on_boundary = self._timer_boundary
         self.scheduler.next_deadline = self._next_deadline
         self.scheduler.on_input_raised = self._input_raised
@@ -149,7 +153,8 @@ class E500Machine(Parking):
         ``nursery.start(machine.run)``: it reports started once every CPU task is running.
         """
         self._token = trio.lowlevel.current_trio_token()
-        self.console.attach(self._token, self._wake_idle_on_input)
+        self._trio_thread = threading.get_ident()
+        self.console.attach(self._token, self._input_arrived)
         self.events.attach(self._token)
         started = False
         try:
@@ -305,13 +310,8 @@ class E500Machine(Parking):
                     continue
                 if exit_.kind is ExitKind.PARK:
                     pc = await self._park(slot, exit_.request, pc)
-                elif exit_.kind is ExitKind.POWEROFF:
-                    req: PowerOffRequest = exit_.request
-                    self._finish(RunResult(code=req.code & 0xFFFF_FFFF,
-                                           reason=f"FW_POWEROFF by cpu {cpu.index}"))
-                    return
-                elif exit_.kind is ExitKind.RESET:
-                    self.request_reset(cpu.index, "FW_RESET")
+                elif exit_.kind in (ExitKind.POWEROFF, ExitKind.RESET):
+                    self.host_request(exit_.kind, exit_.request, cpu.index)
                     return
                 else:
                     self._fault(slot, exit_)
@@ -379,11 +379,43 @@ class E500Machine(Parking):
                 slot.interrupt_pending = True
                 if slot.parked is not None:
                     self.wake_idle(slot, "interrupt")
+        if self._devices_due is not None and time.monotonic_ns() >= self._devices_due:
+            self.ccsr.service()
         return self._next_deadline()
 
     def _next_deadline(self) -> int | None:
         due = self.timers.next_expiry()
-        return None if due is None else self.clock.monotonic_ns(due)
+        cpu_due = None if due is None else self.clock.monotonic_ns(due)
+        device = self.ccsr.next_deadline_ns()
+        self._devices_due = None if device is None or self._virtual_clock else device + self._t0
+        times = [t for t in (cpu_due, self._devices_due) if t is not None]
+        return min(times) if times else None
+
+    def use_virtual_clock(self, clock: Callable[[], int]) -> None:
+        """Drive the platform devices' time from ``clock`` (ns) instead of host time: qtest's
+        clock_step/clock_set (no CPU runs then)."""
+        self._virtual_clock = True
+        self._device_clock = clock
+
+    def host_request(self, kind: ExitKind, request: Any, cpu: int | None = None) -> None:
+        """A guest asked to power off or reset (trio thread, or any thread through
+        ``_soon``): FW_POWEROFF, FW_RESET, RSTCR, the GPIO power-off line."""
+        if threading.get_ident() != self._trio_thread:
+            self._soon(lambda: self.host_request(kind, request, cpu))
+            return
+        who = f" by cpu {cpu}" if cpu is not None else ""
+        if kind is ExitKind.POWEROFF:
+            self._finish(RunResult(code=request.code & 0xFFFF_FFFF, reason=f"{request.by}{who}"))
+        elif self.config.no_reboot:
+            self._finish(RunResult(code=0, reason=f"{request.by}{who} with -no-reboot"))
+        else:
+            self.request_reset(cpu or 0, request.by)
+
+    def _input_arrived(self) -> None:
+        """Console input (trio thread): the UART or the byte channel's rx line, and the CPUs
+        idling in EV_IDLE."""
+        self.ccsr.input_arrived()
+        self._wake_idle_on_input()
 
     def _input_raised(self, cpu: VCpu) -> None:
         """A device raised one of ``cpu``'s interrupt inputs (any thread)."""
@@ -395,7 +427,11 @@ class E500Machine(Parking):
         """A watchdog's final step with TCR[WRC] set (worker): the machine resets, and that
         CPU's TSR[WRS] survives the reset so its firmware can tell why it restarted."""
         wrs = cpu.read_spr(SPR_TSR) & TSR_WRS
-        self._soon(lambda: self.request_reset(cpu.index, "watchdog", keep_tsr=wrs))
+        if self.config.no_reboot:
+            self._soon(lambda: self._finish(RunResult(
+                code=0, reason=f"watchdog by cpu {cpu.index} with -no-reboot")))
+        else:
+            self._soon(lambda: self.request_reset(cpu.index, "watchdog", keep_tsr=wrs))
 
     def request_reset(self, cpu: int, by: str, keep_tsr: int = 0) -> None:
         """Reset the machine as a guest asked (trio thread): every CPU back to power-on;
@@ -410,6 +446,7 @@ class E500Machine(Parking):
         """FW_RESET: RAM back to zeros, devices to their reset state, CPUs to power-on."""
         self.ram.zero()
         self.fwcfg.reset()
+        self.ccsr.reset()
         self.scheduler.reset()  # every CPU's registers and SPRs as at power-on
         for cpu in self.cpus:  # and its timebase offset and timers
             self.timers.reset(cpu)
@@ -421,96 +458,3 @@ class E500Machine(Parking):
             slot.parked = None
             slot.wait = slot.waiter = None
             slot.waiting_in = None
-
-    # --- hooks from the vCPUs (worker threads) ---------------------------------------------
-
-    def _mmio_read(self, cpu: VCpu, offset: int, size: int) -> int:
-        if offset >= FWCFG_SIZE:
-            return 0
-        return int(self._mmio.read(offset, size))
-
-    def _mmio_write(self, cpu: VCpu, offset: int, size: int, value: int) -> None:
-        if offset >= FWCFG_SIZE:
-            return
-        events = self._mmio.write(offset, size, value)
-        for e in events:  # a DMA READ wrote RAM behind unicorn's back: no stale code
-            if isinstance(e, DmaTransfer) and e.op is DmaOp.READ and e.length \
-                    and self.ram.contains(e.address, 1):
-                end = min(e.address + e.length, self.ram.base + self.ram.size)
-                self.engine.drop_code(e.address, end)
-        if events and self.events.active:
-            now = self.now()
-            for e in events:
-                self.events.emit(_fwcfg_event(e, cpu.index, now))
-
-
-def _fwcfg_event(e: Any, cpu: int, now: float) -> Event:
-    if hasattr(e, "control"):
-        return FwCfgDma(time=now, cpu=cpu, key=e.key, name=e.name, op=str(e.op),
-                        offset=e.offset, length=e.length, address=e.address, error=e.error)
-    return FwCfgSelect(time=now, cpu=cpu, key=e.key, name=e.name)
-
-
-
-
-class _Host:
-    """The machine as seen by a vCPU's hooks (see :class:`machine.cpu.vcpu.Host`)."""
-
-    def __init__(self, m: E500Machine) -> None:
-        self._m = m
-        self._svc = _Services(m)
-
-    def mmio_read(self, cpu: VCpu, offset: int, size: int) -> int:
-        return self._m._mmio_read(cpu, offset, size)
-
-    def mmio_write(self, cpu: VCpu, offset: int, size: int, value: int) -> None:
-        self._m._mmio_write(cpu, offset, size, value)
-
-    def hypercall(self, cpu: VCpu) -> Exit | None:
-        return hypercalls.dispatch(self._svc, cpu, self._m.events.active)
-
-    def store(self, cpu: VCpu, addr: int, data: bytes) -> None:
-        self._m.watch.store(addr, data)
-
-    def doze(self, cpu: VCpu, resume_pc: int) -> None:
-        self._m.doze_in_slice(cpu, resume_pc)
-
-
-class _Services:
-    """What the hypercall handlers see of the machine (see :class:`hypercalls.Services`)."""
-
-    def __init__(self, m: E500Machine) -> None:
-        self._m = m
-
-    def console_send(self, cpu: int, data: bytes) -> bool:
-        return self._m.console.send(cpu, data)
-
-    def console_receive(self, max_count: int) -> bytes:
-        return self._m.console.receive(max_count)
-
-    def console_poll(self) -> tuple[int, int]:
-        return self._m.console.poll()
-
-    def release(self, caller: int, target: int, entry: int, r3: int) -> EvStatus:
-        return self._m.release(caller, target, entry, r3)
-
-    def now_ns(self) -> int:
-        return time.monotonic_ns() - self._m._t0
-
-    def hypercall_event(self, event: Hypercall) -> None:
-        self._m.events.emit(event)
-
-    def event_time(self) -> float:
-        return self._m.now()
-
-    def ram_contains(self, addr: int, size: int) -> bool:
-        return self._m.ram.contains(addr, size)
-
-    def wait_store_in_slice(self, cpu: VCpu, addr: int,
-                            expected: int) -> int | hypercalls.Parked | None:
-        return self._m.wait_store_in_slice(cpu, addr, expected)
-
-    def idle_in_slice(self, cpu: VCpu) -> bool:
-        return self._m.idle_in_slice(cpu)
-
-

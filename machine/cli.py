@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not start the CPUs (qtest mode never starts them)")
     p.add_argument("-qtest", metavar="CHARDEV",
                    help="serve the qtest protocol on 'stdio' or 'unix:PATH[,server=on]'")
+    p.add_argument("-no-reboot", dest="no_reboot", action="store_true",
+                   help="exit (status 0) when the guest resets instead of restarting it")
     p.add_argument("-nographic", action="store_true", help="accepted for QEMU compatibility")
     p.add_argument("-display", metavar="none", help="accepted for QEMU compatibility")
     p.add_argument("-nodefaults", action="store_true", help="accepted for QEMU compatibility")
@@ -207,6 +209,7 @@ def machine_config(args: argparse.Namespace) -> MachineConfig:
         bios=Path(args.bios) if args.bios else None,
         fw_cfg=parse_fw_cfg_options(args.fw_cfg),
         direct=args.direct,
+        no_reboot=args.no_reboot,
         uuid=args.uuid,
         trace_file=Path(args.trace_file) if args.trace_file else None,
     )

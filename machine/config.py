@@ -33,6 +33,9 @@ class MachineConfig:
     bios: Path | None = None  # None: the bundled firmware
     fw_cfg: Sequence[FwCfgOption] = ()
     direct: bool = False
+    #: QEMU's -no-reboot: a guest's reset (FW_RESET, RSTCR, the watchdog) stops the machine
+    #: with exit status 0 instead of restarting it.
+    no_reboot: bool = False
     uuid: str | None = None
     fwcfg_dma: bool = True
     # --- public API (issue 5) ---

@@ -115,6 +115,7 @@ L1_CACHE_LINE: Final = 32
 
 #: Book E special-purpose register numbers the machine touches.
 SPR_PIR: Final = 286
+SPR_PVR: Final = 287
 SPR_TBL_READ: Final = 268
 SPR_TBU_READ: Final = 269
 SPR_TBL_WRITE: Final = 284
@@ -224,7 +225,9 @@ def spin_entry_addr(ram_size: int, cpu: int) -> int:
 #: it, long before it reads anything else: "fsl,qemu-e500" selects its QEMU e500 platform.
 DT_COMPATIBLE: Final = ("fwcfg-e500", "fsl,qemu-e500")
 DT_MODEL: Final = "fwcfg-e500"
-DT_HYPERVISOR_COMPATIBLE: Final = "epapr,hypervisor-1"
+#: "simple-bus" too: Linux's mpc85xx platforms (qemu-e500 among them) create devices only for
+#: the children of buses they know, and ehv_bytechan's console is a device under /hypervisor.
+DT_HYPERVISOR_COMPATIBLE: Final = ("epapr,hypervisor-1", "simple-bus")
 DT_BYTE_CHANNEL_COMPATIBLE: Final = "epapr,hv-byte-channel"
 DT_FWCFG_COMPATIBLE: Final = "qemu,fw-cfg-mmio"
 DT_GUEST_NAME: Final = "fwcfg-e500"

@@ -90,11 +90,20 @@ USER_DTS = """/dts-v1/;
 """
 
 
+#: The one complaint dtc has about the machine's tree, as about QEMU ppce500's own: Linux on
+#: PowerPC only creates devices under the buses its platform lists, so the gpio-poweroff node
+#: sits under the soc simple-bus with no ``reg`` (machine/boot/dt_platform.py).
+POWER_OFF_WARNING = (b"Warning (simple_bus_reg): /soc@e0000000/power-off: "
+                     b"missing or empty reg/ranges property\n")
+
+
 def decompile(blob: bytes) -> str:
-    """``dtc -I dtb -O dts``: must succeed with nothing at all on stderr."""
+    """``dtc -I dtb -O dts``: must succeed with nothing on stderr but the power-off node's
+    warning (when the tree has that node)."""
     run = subprocess.run(["dtc", "-I", "dtb", "-O", "dts"], input=blob, capture_output=True)
     assert run.returncode == 0, run.stderr.decode()
-    assert run.stderr == b"", run.stderr.decode()
+    assert run.stderr.replace(b"<stdout>: ", b"") in (b"", POWER_OFF_WARNING), \
+        run.stderr.decode()
     return run.stdout.decode()
 
 
@@ -167,7 +176,7 @@ def test_generated_tree_property_by_property(tmp_path: Path, n_cpus: int, ram_si
     assert t.string("/", "compatible") == "fwcfg-e500 fsl,qemu-e500"
     assert t.string("/", "model") == "fwcfg-e500"
     assert t.subnodes("/") == ["memory@0", "cpus", "hypervisor", "chosen", "fw-cfg@f0000000",
-                               "soc@e0000000", "power-off", "aliases"]
+                               "soc@e0000000", "aliases"]
 
     assert t.string("/memory@0", "device_type") == "memory"
     assert t.cells("/memory@0", "reg") == [0, 0, 0, ram_size]
@@ -195,7 +204,7 @@ def test_generated_tree_property_by_property(tmp_path: Path, n_cpus: int, ram_si
             hi, lo = t.cells(cpu, "cpu-release-addr")
             assert (hi << 32 | lo) == ram_size - 4096 + 32 * i == P.spin_entry_addr(ram_size, i)
 
-    assert t.string("/hypervisor", "compatible") == "epapr,hypervisor-1"
+    assert t.string("/hypervisor", "compatible") == "epapr,hypervisor-1 simple-bus"
     assert t.cells("/hypervisor", "hcall-instructions") == [0x44000022]
     assert t.cells("/hypervisor", "guest-id") == [0]
     assert t.string("/hypervisor", "guest-name") == "fwcfg-e500"
@@ -213,7 +222,7 @@ def test_generated_tree_property_by_property(tmp_path: Path, n_cpus: int, ram_si
     assert t.string(soc, "compatible") == "fsl,mpc8544-immr simple-bus"
     assert t.cells(soc, "ranges") == [0, 0, 0xE000_0000, 0x10_0000]
     assert t.subnodes(soc) == ["pic@40000", "msi@41600", "serial@4500", "global-utilities@e0000",
-                               "gpio@ff000"]
+                               "gpio@ff000", "power-off"]
     pic = f"{soc}/pic@40000"
     assert t.string(pic, "compatible") == "fsl,mpic"
     assert t.string(pic, "device_type") == "open-pic"
@@ -226,7 +235,7 @@ def test_generated_tree_property_by_property(tmp_path: Path, n_cpus: int, ram_si
     assert t.string(guts, "compatible") == "fsl,mpc8544-guts fsl,p2020-guts"
     assert t.raw(guts, "fsl,has-rstcr") == b""
     assert t.cells(f"{soc}/gpio@ff000", "interrupts") == [47, 2]
-    assert t.cells("/power-off", "gpios") == [*t.cells(f"{soc}/gpio@ff000", "phandle"), 0, 0]
+    assert t.cells(f"{soc}/power-off", "gpios") == [*t.cells(f"{soc}/gpio@ff000", "phandle"), 0, 0]
     assert t.string("/aliases", "serial0") == f"{soc}/serial@4500"
 
     assert t.string("/chosen", "bootargs") == "console=hvc0 root=/dev/ram"

@@ -183,7 +183,7 @@ def _hypervisor_node(cfg: TreeConfig, mpic_phandle: int | None = P.DT_MPIC_PHAND
     )
     return fdt.Node(
         HYPERVISOR_NODE,
-        fdt.PropStrings("compatible", P.DT_HYPERVISOR_COMPATIBLE),
+        fdt.PropStrings("compatible", *P.DT_HYPERVISOR_COMPATIBLE),
         fdt.PropWords("hcall-instructions", P.HCALL_INSN),
         fdt.PropWords("guest-id", cfg.guest_id),
         _string("guest-name", cfg.guest_name),
@@ -257,7 +257,6 @@ def build_fdt(cfg: TreeConfig) -> bytes:
         fdt.Node("chosen"),
         _fwcfg_node(2, 2),
         dt_platform.soc_node(),
-        dt_platform.power_off_node(),
         dt_platform.aliases_node(),
     )
     _fill_chosen(root.get_subnode("chosen"), cfg)

@@ -78,6 +78,8 @@ from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu
 from machine.events import FaultKind
 from machine.memory import GuestRAM
 from machine.platform import (
+    CCSR_BASE,
+    CCSR_SIZE,
     FWCFG_BASE,
     MPIC_IACK_ADDR,
     PAGE_SIZE,
@@ -104,6 +106,12 @@ class Host(Protocol):
     def mmio_read(self, cpu: VCpu, offset: int, size: int) -> int: ...
 
     def mmio_write(self, cpu: VCpu, offset: int, size: int, value: int) -> None: ...
+
+    def ccsr_read(self, cpu: VCpu, offset: int, size: int) -> int:
+        """A load from the platform devices' block (CCSR), ``offset`` inside it."""
+        ...
+
+    def ccsr_write(self, cpu: VCpu, offset: int, size: int, value: int) -> None: ...
 
     def hypercall(self, cpu: VCpu) -> Exit | None:
         """Handle ``sc 1``; return an Exit to end the slice, or None to continue."""
@@ -140,6 +148,7 @@ class Engine(DebugHooks):
                            ram.address + off)
         uc.mem_map_ptr(ROM_BASE, ROM_SIZE, UC_PROT_READ | UC_PROT_EXEC, rom_address)
         uc.mmio_map(FWCFG_BASE, PAGE_SIZE, self._mmio_read, None, self._mmio_write, None)
+        uc.mmio_map(CCSR_BASE, CCSR_SIZE, self._ccsr_read, None, self._ccsr_write, None)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         # Range-limited to everything above RAM (RAM starts at 0, so that is all that can be
         # unmapped): an unlimited UNMAPPED hook sends every store to unicorn's slow path.
@@ -392,6 +401,14 @@ class Engine(DebugHooks):
     def _mmio_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
         assert self.current is not None
         self.host.mmio_write(self.current, offset, size, value)
+
+    def _ccsr_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
+        assert self.current is not None
+        return self.host.ccsr_read(self.current, offset, size)
+
+    def _ccsr_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
+        assert self.current is not None
+        self.host.ccsr_write(self.current, offset, size, value)
 
     def _on_interrupt(self, uc: Any, intno: int, _ud: Any) -> None:
         cpu = self.current

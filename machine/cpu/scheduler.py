@@ -281,6 +281,11 @@ class Scheduler:
             self._deadline.close()
 
     @property
+    def worker_id(self) -> int | None:
+        """The worker thread's identifier (hooks run on it)."""
+        return self._worker_id
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 

@@ -98,6 +98,9 @@ class Console:
         self._ended = False
         #: Set by the machine: why it stopped (quoted when output can no longer come).
         self.stop_reason: Callable[[], str | None] | None = None
+        #: Set by the machine: called on the trio thread once queued output was delivered
+        #: (transmit space is free again: the byte channel's tx line).
+        self.on_drained: Callable[[], None] | None = None
 
     # --- wiring (trio thread) --------------------------------------------------------------
 
@@ -116,10 +119,11 @@ class Console:
 
     # --- guest side (worker threads) -------------------------------------------------------
 
-    def guest_send(self, cpu: int, data: bytes) -> bool:
-        """EV_BYTE_CHANNEL_SEND: queue output; False when there is no room (EV_EAGAIN)."""
+    def guest_send(self, cpu: int, data: bytes, *, force: bool = False) -> bool:
+        """EV_BYTE_CHANNEL_SEND: queue output; False when there is no room (EV_EAGAIN).
+        ``force``: queue it anyway (the UART, which has no flow control to refuse with)."""
         with self._lock:
-            if self._pending_bytes + len(data) > CONSOLE_TX_SPACE:
+            if self._pending_bytes + len(data) > CONSOLE_TX_SPACE and not force:
                 schedule = not self._scheduled
                 self._scheduled = True
                 ok = False
@@ -183,6 +187,8 @@ class Console:
             self._scheduled = False
         if not batch:
             return
+        if self.on_drained is not None:
+            self.on_drained()
         # Merge consecutive chunks of one CPU so listeners see whole runs of text.
         merged: list[tuple[int, bytearray]] = []
         for cpu, piece in batch:

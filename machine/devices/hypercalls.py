@@ -53,11 +53,12 @@ PARKED: Final = Parked.PARKED
 @dataclass(frozen=True, slots=True)
 class PowerOffRequest:
     code: int
+    by: str = "FW_POWEROFF"  # what powered off: FW_POWEROFF, or the GPIO power-off line
 
 
 @dataclass(frozen=True, slots=True)
 class ResetRequest:
-    pass
+    by: str = "FW_RESET"  # what asked: FW_RESET, or a write to GUTS' RSTCR
 
 
 class Services(Protocol):

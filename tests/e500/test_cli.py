@@ -72,12 +72,12 @@ def test_timeout_says_where_the_cpu_was() -> None:
 
 
 def test_guest_fault_is_reported_with_registers() -> None:
-    bios = assemble("_start:\n    li32 4, 0xE0000000\n    lwz 5, 0(4)\n")
+    bios = assemble("_start:\n    li32 4, 0xD0000000\n    lwz 5, 0(4)\n")
     p = run("-bios", str(bios))
     assert p.returncode == 125
     err = p.stderr.decode()
-    assert "guest fault: read of unmapped address at 0xe0000000" in err
-    assert "r4=0xe0000000" in err
+    assert "guest fault: read of unmapped address at 0xd0000000" in err
+    assert "r4=0xd0000000" in err
     assert "Traceback" not in err
 
 

@@ -14,9 +14,9 @@ pytestmark = pytest.mark.cross
 @pytest.mark.parametrize(
     ("code", "kind", "address"),
     [
-        ("li32 4, 0xE0000000\n    lwz 5, 0(4)", FaultKind.READ_UNMAPPED, 0xE000_0000),
-        ("li32 4, 0xE0000010\n    stw 5, 0(4)", FaultKind.WRITE_UNMAPPED, 0xE000_0010),
-        ("li32 4, 0xE0000000\n    mtctr 4\n    bctr", FaultKind.FETCH_UNMAPPED, 0xE000_0000),
+        ("li32 4, 0xD0000000\n    lwz 5, 0(4)", FaultKind.READ_UNMAPPED, 0xD000_0000),
+        ("li32 4, 0xD0000010\n    stw 5, 0(4)", FaultKind.WRITE_UNMAPPED, 0xD000_0010),
+        ("li32 4, 0xD0000000\n    mtctr 4\n    bctr", FaultKind.FETCH_UNMAPPED, 0xD000_0000),
         (".long 0", FaultKind.ILLEGAL_INSTRUCTION, None),
         ("sc", FaultKind.SYSTEM_CALL, None),
         ("tw 31, 0, 0", FaultKind.PROGRAM, None),

@@ -1,6 +1,6 @@
 """The project's Linux 6.1 build (scripts/build-linux.sh) boots through the firmware and fw_cfg,
-runs translated through the e500 MMU with its own exception handlers, and gets as far as the
-platform allows: its log buffer, read through the gdb stub, shows how far.
+runs translated through the e500 MMU with its own exception handlers, finds the MPIC, timers and
+byte-channel console, and runs the project's init to power-off.
 
 The kernel is built once (about 6 minutes on 2 cores) and cached outside the tree; this module
 builds it if it is not there yet.
@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from machine.board import E500Machine, RunResult
+from machine.boot.initramfs import default_initramfs
 from machine.debug.gdbstub import run_with_gdb
 from tests.test_gdb_stub import Rsp
 
@@ -51,8 +52,10 @@ async def read_log(gdb: Rsp, log_buf: int, size: int = 1 << 16) -> str:
     return data.decode("ascii", errors="replace")
 
 
-async def test_linux_runs_through_the_mmu_until_it_needs_the_interrupt_controller(
+async def test_linux_runs_translated_and_its_log_buffer_reads_through_the_gdb_stub(
         vmlinux: Path) -> None:
+    """The kernel's own log, read from its virtual address through CPU 0's MMU by a
+    debugger, shows it came up through its TLB set-up, exception vectors, MPIC and timers."""
     m = E500Machine(kernel=vmlinux, append="console=hvc0")
     log_buf = symbol(vmlinux, "__log_buf")
     box: list[RunResult] = []
@@ -71,9 +74,8 @@ async def test_linux_runs_through_the_mmu_until_it_needs_the_interrupt_controlle
                 await gdb.send("c")
                 text = ""
                 with trio.fail_after(45):
-                    # Until the kernel stops at init_IRQ: qemu_e500_pic_init BUG()s when it
-                    # finds no interrupt controller (this platform has none yet).
-                    while "Kernel panic" not in text:
+                    # Without an initramfs the kernel ends looking for an init.
+                    while "No working init found" not in text:
                         await trio.sleep(0.5)
                         await gdb.stream.send_all(b"\x03")
                         assert (await gdb.receive()).startswith("T")
@@ -82,8 +84,42 @@ async def test_linux_runs_through_the_mmu_until_it_needs_the_interrupt_controlle
                 assert "Linux version 6.1" in text
                 assert "Hardware name: fwcfg-e500 e500v2" in text  # its platform: qemu-e500
                 assert "Memory CAM mapping" in text  # its own TLB1 mappings, then translated
-                assert "kernel BUG at arch/powerpc/platforms/85xx/qemu_e500.c" in text
-                assert "qemu_e500_pic_init" in text and "init_IRQ" in text
+                assert "mpic: Setting up MPIC" in text  # init_IRQ found the interrupt controller
+                assert "clocksource: Switched to clocksource timebase" in text
                 n.cancel_scope.cancel()
     finally:
         m.close()
+
+
+def initramfs(tmp_path: Path) -> Path:
+    path = tmp_path / "initrd.cpio"
+    path.write_bytes(default_initramfs())
+    return path
+
+
+async def test_linux_boots_to_its_init_echoes_a_typed_line_and_powers_off(
+        vmlinux: Path, tmp_path: Path) -> None:
+    """The default boot: the firmware pulls the kernel, initramfs and command line over
+    fw_cfg; Linux brings up the MPIC, its timers and the byte-channel console, runs the
+    project's init, which reads a line typed on the console and powers off through the GPIO."""
+    m = E500Machine(kernel=vmlinux, initrd=initramfs(tmp_path), append="console=hvc0")
+    async with trio.open_nursery() as n:
+        async def run() -> None:
+            box.append(await m.run(timeout=60))
+
+        box: list[RunResult] = []
+        n.start_soon(run)
+        console = m.console
+        await console.expect("mpic: Setting up MPIC", timeout=30)
+        await console.expect("ehv-bc: registered console driver for byte channel 0")
+        await console.expect("Run /init as init process")
+        await console.expect("fwcfg-e500 init: hello from userspace")
+        await console.expect("init: cpus=1")
+        await console.expect("init: cmdline=console=hvc0")
+        await console.expect("init: type a line:")
+        await console.send("typed on the console\n")
+        await console.expect("init: echo: typed on the console")
+        await console.expect("reboot: Power down")
+    m.close()
+    assert box[0].code == 0, box[0].reason
+    assert box[0].reason == "GPIO power-off by cpu 0"
