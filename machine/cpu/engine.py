@@ -134,6 +134,13 @@ class Engine(DebugHooks):
         self.ram = ram
         self.host = host
         self.uc = uc = new_engine(mmu=True)
+        # No exit address.  With one, unicorn ends every emu_start by invalidating the code
+        # at exit - 1, which translates that address through the guest's MMU -- and a miss
+        # there fills the loaded vCPU's DEAR, ESR and MAS registers behind its back (a guest
+        # preempted inside its TLB-miss handler then wrote a garbage entry: Linux oopsed at
+        # 0xfffffffe).  The run ends only by a stop.
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
         handle = int(cast(Any, uc)._uch.value)
         self.handle = handle
         self._no_exit = ctypes.c_bool.from_address(handle + self.layout.no_exit_request)

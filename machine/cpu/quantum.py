@@ -88,12 +88,15 @@ class QuantumTimer:
             _libc.timer_settime(self._timer, 0, ctypes.byref(self._armed), None)
 
     def arm_at(self, monotonic_ns: int) -> None:
-        """Stop the engine once, when CLOCK_MONOTONIC reaches ``monotonic_ns`` (replaces any
-        arming; a deadline timer, not the quantum)."""
+        """Stop the engine when CLOCK_MONOTONIC reaches ``monotonic_ns``, and again every
+        period after it until re-armed or disarmed (replaces any arming; a deadline timer,
+        not the quantum).  The repeats matter: a stop that lands between two engine runs is
+        forgotten by unicorn, and a CPU running alone has no quantum to stop it later -- its
+        timer interrupt would wait for whatever stopped the engine next."""
         t = _Timespec(monotonic_ns // 1_000_000_000, monotonic_ns % 1_000_000_000)
         self.armed = True
         _libc.timer_settime(self._timer, _TIMER_ABSTIME,
-                            ctypes.byref(_Itimerspec(_Timespec(0, 0), t)), None)
+                            ctypes.byref(_Itimerspec(self._armed.it_interval, t)), None)
 
     def disarm(self) -> None:
         if self.armed:

@@ -8,14 +8,17 @@ MAS1, MAS2) in a table in RAM and resumes the guest past the cause.
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
+import trio
 from elftools.elf.elffile import ELFFile
 
 from machine.asm import assemble
+from machine.board import E500Machine
 from machine.events import FaultKind, GuestFault
 
-from .guests import boot
+from .guests import PUTS, boot
 
 pytestmark = pytest.mark.cross
 
@@ -241,3 +244,63 @@ handler:
     assert b.result.code == 125, b.result.reason
     fault = b.of(GuestFault)[0]
     assert fault.kind is FaultKind.ILLEGAL_INSTRUCTION and fault.pc == symbols(src)["handler"]
+
+
+#: Linked at 0 and booted directly: the ePAPR mapping covers 64 MiB at 0 and nothing else, so
+#: 0xFFFF_FFFE (where unicorn's exit address used to be) misses in the TLB.  The guest plants
+#: markers in DEAR and MAS0-2, spins while the host ends its slice again and again, and powers
+#: off with 0 if the markers are intact.
+MARKERS_ACROSS_SLICES = """
+_start:
+    li32 3, 0x5A5A1234
+    mtspr 61, 3                 /* DEAR */
+    li32 4, 0x10030000
+    mtspr 624, 4                /* MAS0 */
+    li32 5, 0x80000100
+    mtspr 625, 5                /* MAS1 */
+    li32 6, 0x12345000
+    mtspr 626, 6                /* MAS2 */
+    li32 7, 40000000
+    mtctr 7
+1:  bdnz 1b
+    li 20, 0
+    mfspr 8, 61
+    cmpw 8, 3
+    beq 2f
+    ori 20, 20, 1
+2:  mfspr 8, 624
+    cmpw 8, 4
+    beq 3f
+    ori 20, 20, 2
+3:  mfspr 8, 625
+    cmpw 8, 5
+    beq 4f
+    ori 20, 20, 4
+4:  mfspr 8, 626
+    cmpw 8, 6
+    beq 5f
+    ori 20, 20, 8
+5:  mr 3, 20
+    hcall HC_FW_POWEROFF
+"""
+
+
+async def test_ending_a_slice_leaves_the_vcpus_exception_registers_alone(tmp_path: Path) -> None:
+    elf = Path(assemble(PUTS + MARKERS_ACROSS_SLICES, base=0, workdir=tmp_path))
+    m = E500Machine(kernel=elf, direct=True)
+    stops = 0
+
+    async def preempt() -> None:
+        nonlocal stops
+        while m.result is None:
+            m.scheduler.preempt_now()
+            stops += 1
+            await trio.sleep(0.001)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(preempt)
+        result = await m.run(timeout=20)
+        n.cancel_scope.cancel()
+    m.close()
+    assert stops > 20, "the test must end many slices"
+    assert result.code == 0, f"markers clobbered (bits {result.code:#x}): {result.reason}"
