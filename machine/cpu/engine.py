@@ -52,10 +52,9 @@ from unicorn import (
 )
 from unicorn.ppc_const import UC_PPC_REG_MSR
 
-from machine.cpu import exceptions
 from machine.cpu.debugging import DebugHooks
-from machine.cpu.interrupts import LINES, levels
-from machine.cpu.irq_layout import CHECK_POW, HID0_DOZE, SPR_HID0
+from machine.cpu.entry import GuestEntry
+from machine.cpu.irq_layout import CHECK_POW
 from machine.cpu.layout import (
     EngineLayoutError,
     Layout,
@@ -66,11 +65,8 @@ from machine.cpu.layout import (
 )
 from machine.cpu.native import (
     booke_timers_init,
-    do_interrupt,
     emu_stop,
-    set_irq,
     tlb_flush,
-    vmem_translate,
 )
 from machine.cpu.quantum import free_later
 from machine.cpu.timers import TRAPPED, Timers
@@ -90,8 +86,6 @@ from machine.platform import (
 
 _RAM_MAP_CHUNK = 16 * 1024 * 1024
 _PPC_TIMER_E500 = 2  # QEMU's PPC_TIMER_E500 flag for ppc_booke_timers_init
-#: HID0[DOZE], [NAP] and [SLEEP]: with any of them, MSR[WE] halts an e500 (QEMU's check_pow).
-_HID0_POWER_SAVE = HID0_DOZE | 0x0060_0000
 #: memmove that keeps the GIL (ctypes.memmove releases it, and then the worker may wait to get
 #: it back from another thread in the middle of a context switch).
 _memmove: Any = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -126,7 +120,7 @@ class Host(Protocol):
         ...
 
 
-class Engine(DebugHooks):
+class Engine(GuestEntry, DebugHooks):
     """The unicorn instance, its memory map and hooks, and the vCPU loaded in it."""
 
     def __init__(self, ram: GuestRAM, rom_address: int, host: Host) -> None:
@@ -257,33 +251,6 @@ class Engine(DebugHooks):
         if cpu.msr_dirty:
             cpu.msr_dirty = False
             self.uc.reg_write(UC_PPC_REG_MSR, cpu.msr)  # recomputes hflags and MMU index
-
-    def apply_inputs(self, cpu: VCpu, *, switched: bool = False) -> None:
-        """Give the loaded ``cpu``'s interrupt inputs to QEMU (worker thread): the device
-        inputs it was given, the timer inputs its TSR and TCR make.  Only the lines whose
-        pending bit differs, unless another CPU was loaded in between (QEMU's interrupt
-        request is not part of a context).  QEMU clears a decrementer's pending bit when it
-        delivers it; one whose TSR[DIS] is still set is raised again here, as the level
-        input of the hardware would be."""
-        assert self.current is cpu
-        cpu.inputs_dirty = False
-        up = levels(cpu)
-        changed = -1 if switched else up ^ self._pending.value
-        for line in LINES:
-            if changed >> line & 1:
-                set_irq(self._cpu, line, (up >> line) & 1)
-
-    def set_input(self, line: int, level: bool) -> None:
-        """One input of the loaded CPU, from a hook: QEMU takes the interrupt at the next
-        block boundary (the slice ends there, which is what makes it look)."""
-        set_irq(self._cpu, line, int(level))
-        if level:
-            emu_stop(self.handle)
-
-    def set_epr_proxy(self, cpu: VCpu, on: bool) -> None:
-        """Core-int mode for ``cpu`` (the MPIC's GCR sets it): its external interrupt entry
-        loads EPR from the MPIC's interrupt acknowledge."""
-        ctypes.c_uint8.from_address(cpu.base + self.layout.mpic_proxy).value = int(on)
 
     def save(self) -> None:
         cpu, self.current = self.current, None
@@ -417,63 +384,6 @@ class Engine(DebugHooks):
         assert self.current is not None
         self.host.ccsr_write(self.current, offset, size, value)
 
-    def _on_interrupt(self, uc: Any, intno: int, _ud: Any) -> None:
-        cpu = self.current
-        assert cpu is not None
-        pc = cpu.nip - 4  # unicorn advanced the PC past the instruction that trapped
-        timers = self.timers
-        if intno in exceptions.PRIVILEGED and timers is not None \
-                and timers.emulate(cpu, self.fetch_insn(pc)):
-            # A timer access, answered (the PC is past it).  A write that moved an expiry
-            # re-times the scheduler's deadline; a TCR write may raise or drop an input.
-            if timers.retime:
-                timers.retime = False
-                self.apply_inputs(cpu)
-                self.on_retime()
-            return
-        if intno == exceptions.SYSCALL and self._error_code.value == 1:  # sc 1: a hypercall
-            cpu.hcall_pc = pc + 4
-            result = self.host.hypercall(cpu)
-            if result is not None:
-                self.stop_with(result)
-            return
-        if intno == exceptions.ALIGNMENT:  # QEMU 5 does not set DEAR: work it out
-            insn = self.fetch_insn(pc)
-            ea = exceptions.effective_address(insn, cpu.gpr)
-            if ea is not None:
-                cpu.write_spr(exceptions.SPR_DEAR, ea)
-        handler = exceptions.vector(cpu, intno)
-        if handler is None or handler == pc:  # no handler, or it faults on its own entry
-            kind = exceptions.KIND.get(intno, FaultKind.EXCEPTION)
-            address = exceptions.fault_address(cpu, intno, pc)
-            self.stop_with(Exit(ExitKind.FAULT, pc, Fault(kind, pc, address, cpu.snapshot(pc))))
-            return
-        interrupted = cpu.msr
-        cpu.set_nip(pc)
-        do_interrupt(self._cpu)  # QEMU's powerpc_excp: SRR0/1, ESR, DEAR, MAS, MSR, vector
-        # Where QEMU's entry differs from e500v2's (exceptions.entry_fixes): SRR1 is exactly
-        # the MSR interrupted, and a non-critical interrupt keeps MSR[CE] and MSR[DE].
-        fixed = exceptions.entry_fixes(intno, interrupted, cpu.msr)
-        if fixed is not None:
-            save_reg, msr = fixed
-            cpu.write_spr(save_reg, interrupted)
-            if msr != cpu.msr:
-                self.uc.reg_write(UC_PPC_REG_MSR, msr)
-
-    def _on_doze(self, env: int) -> int:
-        """QEMU's check_pow, from ``mtmsr`` setting MSR[WE] with no input up (worker).
-
-        With HID0[DOZE|NAP|SLEEP] the CPU halts, as QEMU's e500 does; unicorn would then
-        spin on it, so the slice ends here and the machine parks the vCPU until it has work
-        (machine/cpu/interrupts.py).  It resumes after the ``mtmsr`` with the interrupt
-        pending, so the interrupt is taken before anything else runs."""
-        cpu = self.current
-        if cpu is None or not cpu.read_spr(SPR_HID0) & _HID0_POWER_SAVE:
-            return 0
-        self.host.doze(cpu, cpu.nip)
-        emu_stop(self.handle)  # (in debug mode too: a halted CPU runs no block to stop at)
-        return 1
-
     def _on_unmapped(self, uc: Any, access: int, address: int, size: int, value: int,
                      _ud: Any) -> bool:
         # The PC and registers are exact here (unicorn syncs them before calling the hook);
@@ -501,27 +411,6 @@ class Engine(DebugHooks):
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "big")
         self.host.store(self.current, address, data)
         return True
-
-    def translate(self, addr: int, prot: int = UC_PROT_READ) -> int | None:
-        """The physical address the loaded CPU's MMU gives ``addr`` (worker thread)."""
-        out = ctypes.c_uint64()
-        if vmem_translate(self.handle, addr, prot, ctypes.byref(out)) != 0:
-            return None
-        return int(out.value)
-
-    def fetch_insn(self, addr: int) -> int:
-        """The instruction word at ``addr`` as the loaded CPU fetches it (through its MMU):
-        straight from RAM or ROM; 0 where there is neither."""
-        phys = self.translate(addr, UC_PROT_EXEC)
-        if phys is None:
-            return 0
-        addr = phys
-        if self.ram.contains(addr, 4):
-            off = addr - self.ram.base
-            return int.from_bytes(self.ram.view[off : off + 4], "big")
-        if ROM_BASE <= addr <= ROM_BASE + ROM_SIZE - 4:
-            return int.from_bytes(ctypes.string_at(self._rom_address + addr - ROM_BASE, 4), "big")
-        return 0
 
     def close(self, cpus: list[VCpu]) -> None:
         """Free the engine (its translation buffers are megabytes; unicorn's hook callbacks
