@@ -39,6 +39,7 @@ from machine.cpu.vcpu import Exit, ExitKind, Fault, VCpu
 from machine.devices.ccsr import Ccsr
 from machine.devices.console import Console
 from machine.devices.parking import CpuSlot, Parking
+from machine.devices.spin_waits import SpinWaits
 from machine.eventhub import EventHub
 from machine.events import (
     CpuStarted,
@@ -59,6 +60,7 @@ from machine.platform import (
 from machine.wiring import PlatformWires, VcpuHooks
 
 if TYPE_CHECKING:
+    from fwcfg import MmioWide
     from machine.debug.gdb_control import DebugControl  # debugger support (issue 6)
 
 
@@ -132,6 +134,10 @@ class E500Machine(Parking):
         self.ccsr = Ccsr(self.n_cpus, self.cpus[0].read_spr(SPR_PVR), PlatformWires(self),
                          lambda: self._device_clock())
         self.console.on_drained = self.ccsr.console_changed
+        self.ccsr.console_changed()  # the byte channel's tx line: transmit space is free
+        #: Spin-waits parked until the store they wait for (machine/devices/spin_waits.py).
+        self.spins = SpinWaits(self.engine, self.scheduler, self.watch, self.ram)
+        self.scheduler.on_slice_end = self.spins.slice_ended
         self.scheduler.on_boundary = self._timer_boundary
         self.scheduler.next_deadline = self._next_deadline
         self.scheduler.on_input_raised = self._input_raised
@@ -144,6 +150,11 @@ class E500Machine(Parking):
     def now(self) -> float:
         """Seconds since power-on."""
         return (time.monotonic_ns() - self._t0) / 1e9
+
+    @property
+    def fwcfg_mmio(self) -> MmioWide:
+        """fw_cfg's MMIO front end, the one every vCPU reaches at FWCFG_BASE (qtest serves it)."""
+        return self._mmio
 
     async def run(self, *, timeout: float | None = None,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> RunResult:
@@ -379,6 +390,8 @@ class E500Machine(Parking):
                 slot.interrupt_pending = True
                 if slot.parked is not None:
                     self.wake_idle(slot, "interrupt")
+                self.spins.interrupt(cpu)
+        self.spins.expire()
         if self._devices_due is not None and time.monotonic_ns() >= self._devices_due:
             self.ccsr.service()
         return self._next_deadline()
@@ -388,7 +401,8 @@ class E500Machine(Parking):
         cpu_due = None if due is None else self.clock.monotonic_ns(due)
         device = self.ccsr.next_deadline_ns()
         self._devices_due = None if device is None or self._virtual_clock else device + self._t0
-        times = [t for t in (cpu_due, self._devices_due) if t is not None]
+        times = [t for t in (cpu_due, self._devices_due, self.spins.next_deadline())
+                 if t is not None]
         return min(times) if times else None
 
     def use_virtual_clock(self, clock: Callable[[], int]) -> None:
@@ -422,6 +436,7 @@ class E500Machine(Parking):
         slot = self._slots[cpu.index]
         slot.interrupt_pending = True
         self.wake_idle(slot, "interrupt")
+        self.spins.interrupt(cpu)
 
     def _watchdog_reset(self, cpu: VCpu) -> None:
         """A watchdog's final step with TCR[WRC] set (worker): the machine resets, and that

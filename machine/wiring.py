@@ -89,11 +89,11 @@ class HypercallServices:
 
     def console_receive(self, max_count: int) -> bytes:
         data = self._m.console.receive(max_count)
-        if data:
-            self._m.ccsr.console_changed()  # (the rx line: input may be gone)
+        self._m.ccsr.byte_channel_read()  # (the rx line: input may be gone)
         return data
 
     def console_poll(self) -> tuple[int, int]:
+        self._m.ccsr.byte_channel_read()
         return self._m.console.poll()
 
     def release(self, caller: int, target: int, entry: int, r3: int) -> EvStatus:

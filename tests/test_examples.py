@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e500.test_linux import vmlinux as vmlinux  # the session fixture that builds it
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -48,3 +50,19 @@ def test_boot_protocol_events() -> None:
     out = run_example("boot_protocol_events.py", "4")
     assert "spin-table releases (firmware boot): [1, 2, 3]\n" in out
     assert out.endswith("ok: the boot protocol went as PLATFORM.md describes\n")
+
+
+@pytest.mark.cross
+def test_boot_linux_follows_the_boot_from_fw_cfg_to_power_off(vmlinux: Path) -> None:
+    out = run_example("boot_linux.py", "4", str(vmlinux))
+    lines = out.splitlines()
+    # The firmware's releases into its parking code come first, then the loads, then Linux's.
+    assert [line.split(" to ")[0] for line in lines[:3]] == [
+        f"cpu {cpu}: released by FW_CPU_RELEASE" for cpu in (1, 2, 3)]
+    assert [line.split(":")[1] for line in lines[3:5]] == [" fw_cfg DMA of kernel_data",
+                                                            " fw_cfg DMA of initrd_data"]
+    assert lines[5:8] == [f"cpu {cpu}: woken by Linux's store to its spin-table entry"
+                          for cpu in (1, 2, 3)]
+    assert "console: init: cpus=4\n" in out
+    assert "console: init: echo: hello from the example\n" in out
+    assert "\n-- GPIO power-off by cpu 0, exit code 0 " in out

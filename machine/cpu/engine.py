@@ -188,6 +188,8 @@ class Engine(GuestEntry, DebugHooks):
         self._lock = threading.Lock()
         self._watched: set[int] = set()
         self._pending_watches: set[int] = set()
+        self._pending_unwatches: set[int] = set()
+        self._watch_hooks: dict[int, Any] = {}
         self._stale_code: list[tuple[int, int]] = []
         self._exit: Exit | None = None
         self._rom_store = False
@@ -318,10 +320,24 @@ class Engine(GuestEntry, DebugHooks):
         """Report guest stores to ``page`` through ``Host.store`` from the next slice on;
         True if that is already so."""
         with self._lock:
+            self._pending_unwatches.discard(page)
             if page in self._watched:
                 return True
             self._pending_watches.add(page)
             return False
+
+    def unwatch_page(self, page: int) -> None:
+        """Give ``page`` back its fast stores from the next slice on (any thread)."""
+        with self._lock:
+            self._pending_watches.discard(page)
+            if page in self._watched:
+                self._pending_unwatches.add(page)
+
+    def watching(self, page: int) -> bool:
+        """Stores to ``page`` are reported, or will be from the next slice on."""
+        with self._lock:
+            return (page in self._watched and page not in self._pending_unwatches) \
+                or page in self._pending_watches
 
     def forget_code(self, start: int, end: int) -> None:
         """Drop translated code for ``[start, end)`` before the next slice (any thread).
@@ -347,20 +363,27 @@ class Engine(GuestEntry, DebugHooks):
         cuts.update(edge for p in watched for edge in (p, p + PAGE_SIZE))
         points = sorted({start, end} | {c for c in cuts if start < c < end})
         for lo, hi in itertools.pairwise(points):
-            self.uc.ctl_remove_cache(lo, hi)
+            self.drop_translated(lo, hi)
 
     def _apply_pending(self) -> None:
-        if not self._pending_watches and not self._stale_code:
+        if not self._pending_watches and not self._stale_code and not self._pending_unwatches:
             return  # (read without the lock: a request made meanwhile waits for the next slice)
         with self._lock:
             pages, self._pending_watches = self._pending_watches, set()
             stale, self._stale_code = self._stale_code, []
+            gone, self._pending_unwatches = self._pending_unwatches, set()
+        for page in sorted(gone):
+            self.uc.hook_del(self._watch_hooks.pop(page))
+            self.uc.mem_protect(page, PAGE_SIZE, UC_PROT_ALL)
+            with self._lock:
+                self._watched.discard(page)
         for page in sorted(pages):
             # Read-only in the engine's view: the store faults into _on_watched_write, which
             # completes it.  Only this page is slowed; the hook is limited to its range.
             self.uc.mem_protect(page, PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
-            self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_watched_write, begin=page,
-                             end=page + PAGE_SIZE - 1)
+            self._watch_hooks[page] = self.uc.hook_add(
+                UC_HOOK_MEM_WRITE_PROT, self._on_watched_write, begin=page,
+                end=page + PAGE_SIZE - 1)
             with self._lock:
                 self._watched.add(page)
         for start, end in stale:

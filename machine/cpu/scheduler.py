@@ -99,6 +99,10 @@ class Scheduler:
         #: machine wakes it if it dozes or idles and now has work.
         self.on_input_raised: Callable[[VCpu], None] = lambda cpu: None
         engine.on_retime = self.retime
+        #: Called (worker, lock not held, the vCPU still loaded) after a slice that a stop
+        #: ended, with whether other vCPUs were waiting to run: it may park the vCPU
+        #: (spin-waits, machine/devices/spin_waits.py).
+        self.on_slice_end: Callable[[VCpu, bool], None] = lambda cpu, company: None
         #: vCPU switches, and the worker's time between two slices of different vCPUs
         #: (bookkeeping and the context swap; time asleep with nothing runnable excluded).
         self.switches = 0
@@ -431,6 +435,8 @@ class Scheduler:
             ended = clock()
             self.slices += 1
             self.run_ns += ended - started
+            if exit_ is None and slot.waiting is None and not slot.kicked:
+                self.on_slice_end(cpu, company or bool(self._runq))
             with self._cv:
                 self._current = None
                 if exit_ is not None:

@@ -10,7 +10,9 @@ whether they form a *pure* polling loop --
   priority hints (``or 1,1,1``), and branches that stay in the span or leave it;
 * no store, no SPR access (so no timebase read: a loop waiting for a time is not waiting for
   memory), no system call, no ``lwarx``/``stwcx.``, no branch that counts CTR or links;
-* every load's address registers are left alone by the loop.
+* every load's address registers are left alone by the loop, or written only by an earlier
+  load of the same lap (a pointer followed: ``lwz r9,0(r6); lwz r9,32(r9)`` is how Linux reads
+  ``tbsync->ack``).
 
 Then the loop's next iteration depends only on the loaded words and on registers the loop does
 not write: if those are the same at two visits of the loop head, the CPU will go round for ever
@@ -31,14 +33,18 @@ MAX_LOOP: Final = 12
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    """A load in the loop: ``size`` bytes at ``ra|0 + d`` (D-form) or ``ra|0 + rb`` (X-form)."""
+    """A load in the loop, into ``rt``: ``size`` bytes at ``ra|0 + d`` (D-form) or
+    ``ra|0 + rb`` (X-form); ``signed``: sign-extended (lha)."""
 
     size: int
+    rt: int
     ra: int
     d: int = 0
     rb: int | None = None
+    signed: bool = False
 
     def address(self, gpr: Callable[[int], int]) -> int:
+        """The effective address, with register values from ``gpr``."""
         base = gpr(self.ra) if self.ra else 0
         offset = gpr(self.rb) if self.rb is not None else self.d
         return (base + offset) & 0xFFFF_FFFF
@@ -56,7 +62,8 @@ class SpinLoop:
 
 
 _D_LOADS: Final = {32: 4, 34: 1, 40: 2, 42: 2}  # lwz, lbz, lhz, lha
-_X_LOADS: Final = {23: 4, 87: 1, 279: 2, 343: 2, 534: 4, 790: 2}  # lwzx lbzx lhzx lhax lwbrx lhbrx
+_X_LOADS: Final = {23: 4, 87: 1, 279: 2, 343: 2}  # lwzx, lbzx, lhzx, lhax
+_SIGNED: Final = {(42, None), (31, 343)}
 _BARRIERS_31: Final = {598, 854}  # sync/lwsync, eieio
 _ISYNC: Final = (19, 150)
 
@@ -65,18 +72,36 @@ class _Reject(Exception):
     pass
 
 
-def _decode(insn: int, here: int, reads: set[int], writes: set[int],
-            loads: list[Load]) -> int | None:
+class _Regs:
+    """Who writes which register in the loop, in program order."""
+
+    def __init__(self) -> None:
+        self.reads: set[int] = set()
+        self.by_load: set[int] = set()  # written by a load (so far, in program order)
+        self.by_other: set[int] = set()  # written by anything else
+        self.loads: list[Load] = []
+
+    def load(self, load: Load) -> None:
+        for r in (load.ra, load.rb):
+            if r and r not in self.by_load:
+                self.reads.add(r)
+        self.loads.append(load)
+        self.by_load.add(load.rt)
+
+    def write(self, r: int) -> None:
+        self.by_other.add(r)
+
+
+def _decode(insn: int, here: int, regs: _Regs) -> int | None:
     """Account for one instruction; its branch target if it is a branch (else None).
     Raises _Reject for anything a pure polling loop cannot contain."""
     op = insn >> 26
     rt, ra, rb = (insn >> 21) & 31, (insn >> 16) & 31, (insn >> 11) & 31
+    reads = regs.reads
     if op in _D_LOADS:
         d = insn & 0xFFFF
-        loads.append(Load(_D_LOADS[op], ra, d - 0x10000 if d & 0x8000 else d))
-        if ra:
-            reads.add(ra)
-        writes.add(rt)
+        regs.load(Load(_D_LOADS[op], rt, ra, d - 0x10000 if d & 0x8000 else d,
+                       signed=(op, None) in _SIGNED))
         return None
     if op in (10, 11):  # cmpli, cmpi
         reads.add(ra)
@@ -85,17 +110,15 @@ def _decode(insn: int, here: int, reads: set[int], writes: set[int],
         if op in (14, 15):  # addi, addis: rt = (ra|0) + imm
             if ra:
                 reads.add(ra)
-            writes.add(rt)
+            regs.write(rt)
         else:  # these write ra from rs (the rt field)
             reads.add(rt)
-            writes.add(ra)
+            regs.write(ra)
         return None
     if op == 31:
         xo = (insn >> 1) & 0x3FF
         if xo in _X_LOADS:
-            loads.append(Load(_X_LOADS[xo], ra, rb=rb))
-            reads.update(r for r in (ra, rb) if r)
-            writes.add(rt)
+            regs.load(Load(_X_LOADS[xo], rt, ra, rb=rb, signed=(31, xo) in _SIGNED))
             return None
         if xo in (0, 32):  # cmp, cmpl
             reads.update((ra, rb))
@@ -105,7 +128,7 @@ def _decode(insn: int, here: int, reads: set[int], writes: set[int],
         if xo in (444, 28, 316, 60, 124):  # or, and, xor, andc, nor: ra = rs op rb
             if not (xo == 444 and rt == ra == rb):  # or rX,rX,rX: a priority hint
                 reads.update((rt, rb))
-                writes.add(ra)
+                regs.write(ra)
             return None
         raise _Reject
     if (op, (insn >> 1) & 0x3FF) == _ISYNC:
@@ -145,31 +168,36 @@ def find_loop(pc: int, fetch: Callable[[int], int | None]) -> SpinLoop | None:
 
 def _decode_target(insn: int, here: int) -> int | None:
     try:
-        return _decode(insn, here, set(), set(), [])
+        return _decode(insn, here, _Regs())
     except _Reject:
         return None
 
 
 def _check(start: int, end: int, fetch: Callable[[int], int | None]) -> SpinLoop | None:
-    reads: set[int] = set()
-    writes: set[int] = set()
-    loads: list[Load] = []
+    regs = _Regs()
     for here in range(start, end + 4, 4):
         insn = fetch(here)
         if insn is None:
             return None
         try:
-            target = _decode(insn, here, reads, writes, loads)
+            # A branch may leave the loop or stay in it: while the CPU stays, only the span's
+            # own instructions run, so the target does not matter.
+            _decode(insn, here, regs)
         except _Reject:
             return None
-        # A branch may leave the loop or stay in it; a backward branch to before the start or
-        # a forward one into the middle of another loop is fine either way: only the span's
-        # own instructions run while the CPU stays in it.
-        _ = target
-    if not loads:
+    if not regs.loads:
         return None
-    for load in loads:  # the addresses must not move while the loop runs
-        if load.ra in writes or (load.rb is not None and load.rb in writes):
-            return None
-    return SpinLoop(start=start, end=end, loads=tuple(loads),
-                    inputs=tuple(sorted(reads - writes)))
+    # An address register must be fixed, or come from an earlier load of the same lap (never
+    # from arithmetic, nor from the load itself or a later one: the address would move).
+    for i, load in enumerate(regs.loads):
+        for r in (load.ra, load.rb):
+            if not r:
+                continue
+            if r in regs.by_other:
+                return None
+            earlier = any(x.rt == r for x in regs.loads[:i])
+            if not earlier and any(x.rt == r for x in regs.loads[i:]):
+                return None
+    written = regs.by_load | regs.by_other
+    return SpinLoop(start=start, end=end, loads=tuple(regs.loads),
+                    inputs=tuple(sorted(regs.reads - written)))

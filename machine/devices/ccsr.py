@@ -29,6 +29,7 @@ from typing import Protocol
 from machine.devices.gpio import POWEROFF_PIN, Gpio
 from machine.devices.guts import Guts
 from machine.devices.mpic import Mpic
+from machine.devices.mpic_regs import IVPR_MASK, SOURCE_STRIDE, WINDOWS, Window
 from machine.devices.uart import Uart
 from machine.platform import (
     BYTE_CHANNEL_RX_IRQ,
@@ -44,6 +45,15 @@ from machine.platform import (
     UART_IRQ,
     UART_SIZE,
 )
+
+#: A guest that reads the UART's LSR this many times with no byte-channel read in between is
+#: polling the UART for input: from then on typed bytes may go to the UART on its reads.  (A
+#: driver probing the UART reads it a few times -- Linux's 8250 probe did, while Linux's console
+#: was the byte channel, and took the bytes typed ahead away from it.)
+UART_POLLS_FOR_INPUT = 32
+_UART_LSR = 5
+#: Where the MPIC's per-source vector/priority registers start.
+_MPIC_SOURCE0 = next(start for window, start, _ in WINDOWS if window is Window.SOURCE)
 
 
 class CcsrHost(Protocol):
@@ -147,6 +157,7 @@ class Ccsr:
         self.uart = Uart(_UartWires(self), clock)
         self._coreint = False
         self._rx_level = self._tx_level = False
+        self._lsr_polls = 0
 
     # --- accesses (guest loads and stores: worker thread; qtest: trio thread) ----------------
 
@@ -156,6 +167,8 @@ class Ccsr:
             if MPIC_OFFSET <= offset < MPIC_OFFSET + MPIC_SIZE:
                 return self.mpic.read(offset - MPIC_OFFSET, size, cpu)
             if UART0_OFFSET <= offset < UART0_OFFSET + UART_SIZE:
+                if offset - UART0_OFFSET == _UART_LSR:
+                    self._lsr_polls += 1
                 return self.uart.read(offset - UART0_OFFSET, size)
             if GUTS_OFFSET <= offset < GUTS_OFFSET + GUTS_SIZE:
                 return self.guts.read(offset - GUTS_OFFSET, size)
@@ -199,12 +212,26 @@ class Ccsr:
             self.mpic.service()
             due = self.uart_deadline
             if due is not None and self.clock() >= due:
+                self.uart_deadline = None  # (the UART sets a new one if it wants one)
                 self.uart.timer_expired()
 
     # --- the console ----------------------------------------------------------------------
 
+    def _uart_reads_input(self) -> bool:
+        """The guest reads the UART for input: by interrupt (IER's receive interrupt on and
+        its MPIC source unmasked: a probe that merely tests IER does not count), or by polling
+        LSR (:data:`UART_POLLS_FOR_INPUT`)."""
+        if self._lsr_polls >= UART_POLLS_FOR_INPUT:
+            return True
+        ivpr = self.mpic.read(_MPIC_SOURCE0 + SOURCE_STRIDE * UART_IRQ, 4, None)
+        return self.uart.wants_input and not ivpr & IVPR_MASK
+
     def offer_input(self) -> None:
-        """Move typed bytes into the UART's receiver as far as it takes them (lock held)."""
+        """Move typed bytes into the UART's receiver as far as it takes them (lock held), if
+        the guest reads it for input."""
+        if not self._uart_reads_input():
+            self.console_changed()
+            return
         room = self.uart.can_receive()
         if room:
             data = self.host.console_take(room)
@@ -217,10 +244,13 @@ class Ccsr:
         """Console input came (any thread): an interrupt-driven UART takes it at once; the
         byte channel's rx line comes up."""
         with self.lock:
-            if self.uart.wants_input:
-                self.offer_input()
-            else:
-                self.console_changed()
+            self.offer_input()
+
+    def byte_channel_read(self) -> None:
+        """The guest read the console byte channel (EV_BYTE_CHANNEL_RECEIVE or POLL): it is
+        the console it reads, until it polls the UART again."""
+        self._lsr_polls = 0
+        self.console_changed()
 
     def console_changed(self) -> None:
         """Re-drive the byte channel's level lines from the console's state (after input
@@ -245,6 +275,7 @@ class Ccsr:
             self.gpio.reset()
             self.uart.reset()
             self._rx_level = self._tx_level = False
+            self._lsr_polls = 0
             if self._coreint:
                 self._coreint = False
                 self.host.set_coreint(False)

@@ -1,6 +1,7 @@
 """The project's Linux 6.1 build (scripts/build-linux.sh) boots through the firmware and fw_cfg,
 runs translated through the e500 MMU with its own exception handlers, finds the MPIC, timers and
-byte-channel console, and runs the project's init to power-off.
+byte-channel console; its log buffer reads through the gdb stub.  The boots to the project's
+init (-smp 1, 2, 4, --direct, the CLI) are in test_linux_boot.py.
 
 The kernel is built once (about 6 minutes on 2 cores) and cached outside the tree; this module
 builds it if it is not there yet.
@@ -15,7 +16,6 @@ import pytest
 import trio
 
 from machine.board import E500Machine, RunResult
-from machine.boot.initramfs import default_initramfs
 from machine.debug.gdbstub import run_with_gdb
 from tests.test_gdb_stub import Rsp
 
@@ -89,37 +89,3 @@ async def test_linux_runs_translated_and_its_log_buffer_reads_through_the_gdb_st
                 n.cancel_scope.cancel()
     finally:
         m.close()
-
-
-def initramfs(tmp_path: Path) -> Path:
-    path = tmp_path / "initrd.cpio"
-    path.write_bytes(default_initramfs())
-    return path
-
-
-async def test_linux_boots_to_its_init_echoes_a_typed_line_and_powers_off(
-        vmlinux: Path, tmp_path: Path) -> None:
-    """The default boot: the firmware pulls the kernel, initramfs and command line over
-    fw_cfg; Linux brings up the MPIC, its timers and the byte-channel console, runs the
-    project's init, which reads a line typed on the console and powers off through the GPIO."""
-    m = E500Machine(kernel=vmlinux, initrd=initramfs(tmp_path), append="console=hvc0")
-    async with trio.open_nursery() as n:
-        async def run() -> None:
-            box.append(await m.run(timeout=60))
-
-        box: list[RunResult] = []
-        n.start_soon(run)
-        console = m.console
-        await console.expect("mpic: Setting up MPIC", timeout=30)
-        await console.expect("ehv-bc: registered console driver for byte channel 0")
-        await console.expect("Run /init as init process")
-        await console.expect("fwcfg-e500 init: hello from userspace")
-        await console.expect("init: cpus=1")
-        await console.expect("init: cmdline=console=hvc0")
-        await console.expect("init: type a line:")
-        await console.send("typed on the console\n")
-        await console.expect("init: echo: typed on the console")
-        await console.expect("reboot: Power down")
-    m.close()
-    assert box[0].code == 0, box[0].reason
-    assert box[0].reason == "GPIO power-off by cpu 0"
