@@ -10,10 +10,11 @@ Decoding is a bisect over the sorted region starts.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from fwcfg import FrontEnd, GuestMemory
+from fwcfg import Event, GuestMemory, GuestMemoryError
 from machine import platform
 from machine.memory import GuestRAM
 
@@ -114,16 +115,76 @@ class AddressMap(Generic[T]):
         return region, addr - region.base
 
 
-#: Region kinds: RAM and ROM hold bytes (a GuestMemory), MMIO is a register front end.
+#: Region kinds: RAM and ROM hold bytes (a GuestMemory), MMIO is a register window
+#: (an :class:`MmioTarget`, e.g. fw_cfg's ``FrontEnd`` or a :class:`CcsrWindow`).
 RAM, ROM, MMIO = "ram", "rom", "mmio"
 
 
+class MmioTarget(Protocol):
+    """A register window as a bus access sees it: offsets relative to the region's base,
+    ``size`` bytes wide.  Rejected shapes read 0 and write nothing; ``write`` returns the
+    device's events (fw_cfg's ``Selected``/``DmaDone``; none for the platform devices)."""
+
+    def read(self, offset: int, size: int) -> int: ...
+
+    def write(self, offset: int, size: int, value: int) -> Sequence[Event]: ...
+
+
+class CcsrBlock(Protocol):
+    """The CCSR block's host interface (:class:`machine.devices.ccsr.Ccsr`): ``cpu`` is the
+    accessing CPU, None for the host (qtest)."""
+
+    def read(self, offset: int, size: int, cpu: int | None) -> int: ...
+
+    def write(self, offset: int, size: int, value: int, cpu: int | None) -> None: ...
+
+
+class CcsrWindow:
+    """The CCSR block as an :class:`MmioTarget` for host accesses (no accessing CPU: the
+    MPIC's current-CPU registers then read as QEMU's do without a CPU)."""
+
+    def __init__(self, block: CcsrBlock) -> None:
+        self.block = block
+
+    def read(self, offset: int, size: int) -> int:
+        return self.block.read(offset, size, None)
+
+    def write(self, offset: int, size: int, value: int) -> Sequence[Event]:
+        self.block.write(offset, size, value, None)
+        return ()
+
+
+class RomImage:
+    """The boot ROM as a :class:`fwcfg.GuestMemory` at ``base``: reads see the image, and
+    writes raise (the bus never sends any: stores to ROM are ignored, PLATFORM.md)."""
+
+    def __init__(self, image: bytes | bytearray | memoryview, base: int) -> None:
+        self.base = base
+        self._image = memoryview(image).toreadonly()
+
+    def read(self, addr: int, size: int) -> bytes:
+        off = addr - self.base
+        if size < 0 or off < 0 or off + size > len(self._image):
+            raise GuestMemoryError(addr, size)
+        return bytes(self._image[off : off + size])
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        raise GuestMemoryError(addr, len(data))
+
+
 def e500_address_map(
-    ram: GuestRAM, fw_cfg: FrontEnd, rom: GuestMemory | None = None
+    ram: GuestRAM,
+    fw_cfg: MmioTarget,
+    rom: GuestMemory | None = None,
+    ccsr: MmioTarget | None = None,
 ) -> AddressMap[object]:
-    """The e500 physical map of PLATFORM.md: RAM at 0, fw_cfg MMIO, the boot ROM at the top."""
+    """The e500 physical map of PLATFORM.md: RAM at 0, the CCSR block (the platform devices),
+    fw_cfg MMIO, the boot ROM at the top."""
     amap: AddressMap[object] = AddressMap()
     amap.add("ram", platform.RAM_BASE, ram.size, ram, kind=RAM, align=platform.RAM_ALIGN)
+    if ccsr is not None:
+        amap.add("ccsr", platform.CCSR_BASE, platform.CCSR_SIZE, ccsr, kind=MMIO,
+                 align=platform.CCSR_SIZE)
     amap.add("fw_cfg", platform.FWCFG_BASE, platform.FWCFG_SIZE, fw_cfg, kind=MMIO, align=8)
     if rom is not None:
         amap.add(

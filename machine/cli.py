@@ -5,42 +5,36 @@ Options use QEMU's single-dash long spelling (``-m 256``, ``-smp 4``, ``-fw_cfg 
 Every bad option or host file ends the command with one line on stderr and exit status 2;
 nothing a user types produces a traceback.
 
-Two modes: ``-qtest`` serves QEMU's qtest protocol over the machine's address map without running
-any CPU (what the differential test drives); otherwise the machine boots (:func:`boot`).
+Two modes: ``-qtest`` builds the same machine and serves QEMU's qtest protocol over its address
+map without running any CPU (:func:`run_qtest`, what the differential tests drive); otherwise
+the machine boots (:func:`boot`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import stat
 import sys
-import uuid as uuidlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn, TextIO
 
 import trio
 
-from fwcfg import (
-    ConfigError,
-    Event,
-    FwCfg,
-    FwCfgOption,
-    Key,
-    MmioWide,
-    apply_fw_cfg_options,
-    parse_fw_cfg_option,
-)
+from fwcfg import ConfigError, Event, FwCfgOption, parse_fw_cfg_option
 from machine import platform
 from machine.board import E500Machine, MachineConfig, RunResult
-from machine.bus import e500_address_map
-from machine.debug.qtest import QtestServer, open_chardev, serve
+from machine.bus import CcsrWindow, RomImage, e500_address_map
+from machine.debug.qtest import IrqInputs, QtestServer, VirtualClock, open_chardev, serve
+from machine.devices.mpic_regs import N_IRQS
 from machine.events import Event as MachineEvent
-from machine.memory import GuestRAM
 
 PROG = "fwcfg-e500"
+#: Where QEMU's ppce500 puts its MPIC in the QOM tree (qtest's set_irq_in names it so).
+QTEST_PIC_PATH = "/machine/pic"
 
 _SIZE_RE = re.compile(r"^(?:size=)?(\d+)([kKmMgGtT]?)[bB]?$")
 _UNITS = {"": platform.MiB, "k": platform.KiB, "m": platform.MiB, "g": platform.GiB,
@@ -140,51 +134,51 @@ def parse_smp(text: str) -> tuple[int, int]:
     return cpus, max_cpus
 
 
-def parse_uuid(text: str | None) -> bytes:
-    """``-uuid``: 16 bytes in RFC 4122 string order, zeros when absent (as QEMU)."""
-    if text is None:
-        return bytes(16)
-    try:
-        return uuidlib.UUID(text).bytes
-    except ValueError:
-        raise ConfigError(f"-uuid {text!r} is not a UUID") from None
-
-
 def parse_fw_cfg_options(texts: Sequence[str]) -> list[FwCfgOption]:
     return [parse_fw_cfg_option(t) for t in texts]
 
 
-def build_qtest_fwcfg(args: argparse.Namespace, ram: GuestRAM) -> tuple[FwCfg, list[str]]:
-    """The fw_cfg of qtest mode: the standard items plus the user's files (and warnings)."""
-    cpus, max_cpus = parse_smp(args.smp)
-    dev = FwCfg(ram)
-    dev.add_bytes(Key.UUID, parse_uuid(args.uuid))
-    dev.add_u64(Key.RAM_SIZE, ram.size)
-    dev.add_u16(Key.NB_CPUS, cpus)
-    dev.add_u16(Key.MAX_CPUS, max_cpus)
-    warnings = apply_fw_cfg_options(dev, parse_fw_cfg_options(args.fw_cfg))
-    return dev, warnings
-
-
 def run_qtest(args: argparse.Namespace, trace: TextIO | None) -> int:
-    """Serve qtest over RAM and the fw_cfg MMIO window; no CPU ever runs."""
-    ram = GuestRAM(parse_memory(args.memory))
-    dev, warnings = build_qtest_fwcfg(args, ram)
-    for warning in warnings:
+    """Serve qtest over the machine a boot would build; no CPU ever runs.
+
+    The machine is :class:`E500Machine` from the same options (:func:`machine_config`), so
+    the port sees what a guest would: its RAM, its fw_cfg front end (the very object the vCPUs
+    use: the kernel, command line, initrd and etc/fdt items of a boot), the boot ROM and the
+    CCSR block.  The platform devices run on a virtual clock that starts at 0 and moves only
+    through clock_step/clock_set, as QEMU's does under qtest; ``set_irq_in /machine/pic``
+    drives MPIC sources.
+    """
+    # --trace-file here is qtest's own trace (one fw_cfg event a line, opened by main), not the
+    # machine's timeline: no CPU runs, so a boot's trace would be empty.
+    machine = E500Machine(dataclasses.replace(machine_config(args), trace_file=None))
+    for warning in machine.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
     def on_event(event: Event) -> None:
         if trace is not None:
             print(event, file=trace, flush=True)
 
-    server = QtestServer(e500_address_map(ram, MmioWide(dev)), on_event=on_event)
+    ccsr = machine.ccsr
+    clock = VirtualClock(ccsr.next_deadline_ns, ccsr.service)
+    machine.use_virtual_clock(clock.now)
+
+    def set_mpic_source(irq: int, level: bool) -> None:
+        with ccsr.lock:
+            ccsr.mpic.set_source(irq, level)
+
+    amap = e500_address_map(machine.ram, machine.fwcfg_mmio,
+                            rom=RomImage(machine.images.rom, platform.ROM_BASE),
+                            ccsr=CcsrWindow(ccsr))
+    server = QtestServer(amap, on_event=on_event, clock=clock,
+                         irq_inputs={QTEST_PIC_PATH: IrqInputs(N_IRQS, set_mpic_source)})
     try:
         with open_chardev(args.qtest) as (rfile, wfile):
             serve(server, rfile, wfile)
     except (BrokenPipeError, ConnectionResetError):
         pass
     finally:
-        dev.close()
+        machine.close()
+        machine.fwcfg.close()
     return 0
 
 

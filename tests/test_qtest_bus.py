@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from fwcfg import FwCfg, MmioWide
+from fwcfg import FwCfg, GuestMemoryError, MmioWide
 from machine import platform
-from machine.bus import MMIO, RAM, ROM, AddressMap, AddressMapError, e500_address_map
+from machine.bus import (
+    MMIO,
+    RAM,
+    ROM,
+    AddressMap,
+    AddressMapError,
+    CcsrWindow,
+    RomImage,
+    e500_address_map,
+)
 from machine.memory import GuestRAM
 
 
@@ -24,8 +33,49 @@ def test_the_e500_map_follows_platform_md() -> None:
     assert region is not None and region.target is mmio and offset == 0x10
     assert amap.decode(platform.FWCFG_BASE + platform.FWCFG_SIZE) is None
     assert amap.decode(64 * platform.MiB) is None
+    assert amap.decode(platform.CCSR_BASE) is None  # no CCSR block given: a hole
     assert amap.decode(0xFFFF_FFFF)[1] == platform.ROM_SIZE - 1  # type: ignore[index]
     ram.close()
+
+
+class _Block:
+    """A CCSR stand-in that records what reaches it."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[object, ...]] = []
+
+    def read(self, offset: int, size: int, cpu: int | None) -> int:
+        self.log.append(("read", offset, size, cpu))
+        return 0x1234
+
+    def write(self, offset: int, size: int, value: int, cpu: int | None) -> None:
+        self.log.append(("write", offset, size, value, cpu))
+
+
+def test_the_ccsr_block_is_a_window_of_host_accesses() -> None:
+    ram = GuestRAM(64 * platform.MiB)
+    block = _Block()
+    window = CcsrWindow(block)
+    amap = e500_address_map(ram, MmioWide(FwCfg(ram)), ccsr=window)
+    assert [(r.name, r.base, r.size) for r in amap.regions][1] == (
+        "ccsr", platform.CCSR_BASE, platform.CCSR_SIZE)
+    region, offset = amap.decode(platform.CCSR_BASE + 0x4_1120) or (None, 0)
+    assert region is not None and region.target is window and offset == 0x4_1120
+    assert window.read(0x4_1120, 4) == 0x1234
+    assert window.write(0x4500, 1, 0x41) == ()
+    assert block.log == [("read", 0x4_1120, 4, None), ("write", 0x4500, 1, 0x41, None)]
+    assert amap.decode(platform.CCSR_BASE + platform.CCSR_SIZE) is None
+    ram.close()
+
+
+def test_the_rom_image_reads_at_its_base_and_refuses_writes() -> None:
+    rom = RomImage(bytes(range(16)), base=0xFFF0_0000)
+    assert rom.read(0xFFF0_0004, 4) == bytes([4, 5, 6, 7])
+    for addr, size in ((0xFFF0_000E, 4), (0xFFEF_FFFF, 1)):
+        with pytest.raises(GuestMemoryError):
+            rom.read(addr, size)
+    with pytest.raises(GuestMemoryError):
+        rom.write(0xFFF0_0000, b"x")
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ class GuestEntry:
         pc = cpu.nip - 4  # unicorn advanced the PC past the instruction that trapped
         timers = self.timers
         if intno in exceptions.PRIVILEGED and timers is not None \
-                and timers.emulate(cpu, self.fetch_insn(pc)):
+                and timers.emulate(cpu, self.fetch_insn(pc, mapped=True)):
             # A timer access, answered (the PC is past it).  A write that moved an expiry
             # re-times the scheduler's deadline; a TCR write may raise or drop an input.
             if timers.retime:
@@ -143,14 +143,21 @@ class GuestEntry:
 
     # --- looking at guest code -------------------------------------------------------------
 
-    def translate(self, addr: int, prot: int = UC_PROT_READ) -> int | None:
+    def translate(self, addr: int, prot: int = UC_PROT_READ, *,
+                  mapped: bool = False) -> int | None:
         """The physical address the loaded CPU's MMU gives ``addr`` (worker thread), with no
         effect on the CPU.  QEMU's translation probe fills DEAR, ESR and the MAS registers as
-        a real miss would, even when it only probes: on a miss they are put back."""
+        a real miss would, even when it only probes: on a miss they are put back.  ``mapped``:
+        the CPU has just used this translation (the instruction that trapped, a word its last
+        load read), so it cannot miss and nothing needs saving."""
+        out = ctypes.c_uint64()
+        if mapped:
+            if vmem_translate(self.handle, addr, prot, ctypes.byref(out)) != 0:
+                return None
+            return int(out.value)
         cpu = self.current
         saved = [cpu.read_spr(n) for n in MISS_SPRS] if cpu is not None else None
         error = self._error_code.value
-        out = ctypes.c_uint64()
         if vmem_translate(self.handle, addr, prot, ctypes.byref(out)) != 0:
             if cpu is not None and saved is not None:
                 for n, value in zip(MISS_SPRS, saved, strict=True):
@@ -159,15 +166,15 @@ class GuestEntry:
             return None
         return int(out.value)
 
-    def fetch_insn(self, addr: int) -> int:
+    def fetch_insn(self, addr: int, *, mapped: bool = False) -> int:
         """The instruction word at ``addr`` as the loaded CPU fetches it (through its MMU):
         straight from RAM or ROM; 0 where there is neither."""
-        word = self.fetch(addr)
+        word = self.fetch(addr, mapped=mapped)
         return 0 if word is None else word
 
-    def fetch(self, addr: int) -> int | None:
+    def fetch(self, addr: int, *, mapped: bool = False) -> int | None:
         """Like :meth:`fetch_insn`, None where nothing can be fetched."""
-        phys = self.translate(addr, UC_PROT_EXEC)
+        phys = self.translate(addr, UC_PROT_EXEC, mapped=mapped)
         if phys is None:
             return None
         if self.ram.contains(phys, 4):

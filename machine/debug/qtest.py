@@ -13,6 +13,23 @@ that a region rejects into smaller ones; a guest never sees that, so neither doe
 ``read``/``write``/``memset`` and their base64 forms move byte strings and split them into
 naturally aligned accesses of at most 8 bytes, as QEMU's address space does.
 
+**Time.**  Under qtest QEMU's virtual clock starts at 0 and moves only through ``clock_step``
+and ``clock_set``; so does this machine's device clock when the server is given a
+:class:`QtestClock` (:class:`VirtualClock` is the one the CLI uses).  Both commands answer
+``OK <ns>``, the clock's new value in decimal.  ``clock_step NS`` moves it by NS (a negative
+NS moves nothing), ``clock_step`` alone to the next device deadline (nowhere when no timer
+runs: QEMU's deadline is then -1), and ``clock_set NS`` to NS unless it is already past.  On
+the way the clock stops at every deadline and fires it, as QEMU's ``qtest_clock_warp`` does.
+A server without a clock answers them as QEMU does when qtest is not the accelerator:
+``FAIL Unknown command 'clock_step'``.
+
+**Interrupt inputs.**  ``set_irq_in PATH unnamed-gpio-in NUM LEVEL`` drives input NUM of the
+device at the QOM-style PATH (the CLI offers ``/machine/pic``, the MPIC's sources 0..263, as
+QEMU's ppce500 does); a partial path such as ``pic`` works when it names one device.  QEMU's
+``irq_intercept_in``/``irq_intercept_out`` (asynchronous ``IRQ raise N`` lines) are not
+offered: they answer ``FAIL Unknown command``.  Where QEMU aborts on a malformed argument
+(it fails a ``g_assert``), this port answers ``FAIL <reason>``.
+
 :class:`QtestServer` is sans-I/O (a line in, a line out) and never raises on a bad line; the
 serve functions connect it to stdio or a unix socket.  :class:`QtestClient` is the other end.
 """
@@ -23,13 +40,15 @@ import base64
 import binascii
 import contextlib
 import socket
+import string
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from typing import IO, Final
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Final, Protocol, cast
 
-from fwcfg import ConfigError, Event, FrontEnd, GuestMemory, GuestMemoryError
-from machine.bus import MMIO, RAM, AddressMap, Region
+from fwcfg import ConfigError, Event, GuestMemory, GuestMemoryError
+from machine.bus import MMIO, RAM, AddressMap, MmioTarget, Region
 
 #: The largest ``read``/``write``/``memset`` this port accepts in one command.
 MAX_TRANSFER: Final = 64 * 1024 * 1024
@@ -38,25 +57,122 @@ _WRITES: Final = {"writeb": 1, "writew": 2, "writel": 4, "writeq": 8}
 
 EventSink = Callable[[Event], None]
 
+#: How many deadlines one clock_step/clock_set fires one by one before it jumps the rest of
+#: the way and fires once (see :meth:`VirtualClock._warp`): a bound on the work one line costs.
+MAX_FIRINGS: Final = 10_000
+INT64_MAX: Final = (1 << 63) - 1
+#: The gpio-in list name QEMU gives a device's unnamed inputs.
+UNNAMED_GPIO_IN: Final = "unnamed-gpio-in"
+
 
 class _Fail(Exception):
     """A bad command line; becomes ``FAIL <message>``."""
 
 
+def _base0(word: str) -> int:
+    """``strtoull``'s base 0 without a sign: decimal, 0x hex, or 0-prefixed octal
+    (ValueError if the word is not one of them, trailing characters included)."""
+    if word[:2].lower() == "0x":
+        base, digits, allowed = 16, word[2:], string.hexdigits
+    elif len(word) > 1 and word.startswith("0"):
+        base, digits, allowed = 8, word[1:], string.octdigits
+    else:
+        base, digits, allowed = 10, word, string.digits
+    if not digits or digits.strip(allowed):
+        raise ValueError(word)
+    return int(digits, base)
+
+
 def _number(word: str, what: str) -> int:
-    """QEMU's ``strtou64(..., base 0)``: decimal, 0x hex, or 0-prefixed octal."""
-    try:
-        if word.lower().startswith("0x"):
-            value = int(word[2:], 16)
-        elif len(word) > 1 and word.startswith("0"):
-            value = int(word[1:], 8)
-        else:
-            value = int(word, 10)
-    except ValueError:
-        raise _Fail(f"invalid {what} {word!r}") from None
+    """QEMU's ``strtou64(..., base 0)``: decimal, 0x hex, or 0-prefixed octal (a negative
+    number is out of range here, where QEMU would wrap it)."""
+    value = _signed(word, what, bits=0)
     if not 0 <= value < 1 << 64:
         raise _Fail(f"{what} {word!r} is out of range")
     return value
+
+
+def _signed(word: str, what: str, bits: int = 64) -> int:
+    """QEMU's ``qemu_strtoi64``/``qemu_strtoi`` (base 0): an optional sign, then a number as
+    :func:`_base0` reads it, within the signed ``bits``-bit range (any, for 0)."""
+    sign, digits = (-1, word[1:]) if word.startswith("-") else (1, word.removeprefix("+"))
+    try:
+        value = sign * _base0(digits)
+    except ValueError:
+        raise _Fail(f"invalid {what} {word!r}") from None
+    if bits and not -(1 << (bits - 1)) <= value < 1 << (bits - 1):
+        raise _Fail(f"{what} {word!r} is out of range")
+    return value
+
+
+class QtestClock(Protocol):
+    """The time ``clock_step``/``clock_set`` move (QEMU's virtual clock under qtest), in ns.
+
+    ``step(None)`` goes to the next deadline (or stays when there is none), ``step(ns)``
+    forward by ``ns``, ``set(ns)`` to ``ns`` unless the clock is past it; each returns the
+    clock's new value and has fired everything that came due on the way."""
+
+    def now(self) -> int: ...
+
+    def step(self, ns: int | None) -> int: ...
+
+    def set(self, ns: int) -> int: ...
+
+
+class VirtualClock:
+    """A :class:`QtestClock` that starts at 0 and moves only when told.
+
+    ``deadline()`` is when the devices next need servicing (this clock's ns, or None) and
+    ``fire()`` services them; the clock knows nothing else about the machine.  Moving it works
+    like QEMU's ``qtest_clock_warp``: stop at each deadline before the destination, fire it,
+    ask again, so periodic timers fire once per period and timers fire in deadline order.
+    After :data:`MAX_FIRINGS` stops in one move it jumps the rest of the way and fires once;
+    the devices then catch up as a late host would (an MPIC timer keeps its toggle parity and
+    period; see :meth:`machine.devices.mpic_timers.GlobalTimers.expire`).
+    """
+
+    def __init__(self, deadline: Callable[[], int | None], fire: Callable[[], None], *,
+                 max_firings: int = MAX_FIRINGS) -> None:
+        self._deadline = deadline
+        self._fire = fire
+        self._max_firings = max_firings
+        self._now = 0
+
+    def now(self) -> int:
+        return self._now
+
+    def step(self, ns: int | None) -> int:
+        if ns is None:
+            due = self._deadline()
+            if due is None:  # QEMU: no timer, deadline -1, the clock stays
+                return self._now
+            ns = max(0, due - self._now)
+        return self._warp(self._now + ns)
+
+    def set(self, ns: int) -> int:
+        return self._warp(ns)
+
+    def _warp(self, dest: int) -> int:
+        dest = min(dest, INT64_MAX)  # QEMU's clock is an int64_t
+        firings = 0
+        while self._now < dest:
+            due = self._deadline()
+            if due is None or due >= dest or firings >= self._max_firings:
+                self._now = dest
+            else:
+                self._now = max(self._now, due)
+            self._fire()
+            firings += 1
+        return self._now
+
+
+@dataclass(frozen=True, slots=True)
+class IrqInputs:
+    """A device's unnamed gpio-in lines for ``set_irq_in``: inputs ``0..count-1``, driven by
+    ``set_level(n, level)``."""
+
+    count: int
+    set_level: Callable[[int, bool], None]
 
 
 def _pieces(addr: int, size: int, limit: int) -> Iterator[tuple[int, int]]:
@@ -71,13 +187,23 @@ def _pieces(addr: int, size: int, limit: int) -> Iterator[tuple[int, int]]:
 
 
 class QtestServer:
-    """Answers qtest command lines against ``address_map`` (RAM, ROM and MMIO regions)."""
+    """Answers qtest command lines against ``address_map`` (RAM, ROM and MMIO regions).
+
+    ``clock`` enables ``clock_step``/``clock_set``; ``irq_inputs`` maps absolute QOM-style
+    paths (``/machine/pic``) to the inputs ``set_irq_in`` may drive."""
 
     def __init__(
-        self, address_map: AddressMap[object], *, on_event: EventSink | None = None
+        self,
+        address_map: AddressMap[object],
+        *,
+        on_event: EventSink | None = None,
+        clock: QtestClock | None = None,
+        irq_inputs: Mapping[str, IrqInputs] | None = None,
     ) -> None:
         self.map = address_map
         self.on_event = on_event
+        self.clock = clock
+        self.irq_inputs = dict(irq_inputs or {})
         self.byteorder: Final = "big"
 
     # --- one access --------------------------------------------------------------------
@@ -99,8 +225,7 @@ class QtestServer:
         if region is None:
             return int.from_bytes(self.read_bytes(addr, size), self.byteorder)
         if region.kind == MMIO:
-            assert isinstance(region.target, FrontEnd)
-            return region.target.read(addr - region.base, size)
+            return cast(MmioTarget, region.target).read(addr - region.base, size)
         assert isinstance(region.target, GuestMemory)
         return int.from_bytes(region.target.read(addr, size), self.byteorder)
 
@@ -111,8 +236,7 @@ class QtestServer:
         if region is None:
             self.write_bytes(addr, value.to_bytes(size, self.byteorder))
         elif region.kind == MMIO:
-            assert isinstance(region.target, FrontEnd)
-            self._emit(region.target.write(addr - region.base, size, value))
+            self._emit(cast(MmioTarget, region.target).write(addr - region.base, size, value))
         elif region.kind == RAM:
             assert isinstance(region.target, GuestMemory)
             region.target.write(addr, value.to_bytes(size, self.byteorder))
@@ -140,9 +264,9 @@ class QtestServer:
             if region is None:
                 out += bytes(n)
             elif region.kind == MMIO:
-                assert isinstance(region.target, FrontEnd)
+                mmio = cast(MmioTarget, region.target)
                 for a, w in _pieces(start, n, 8):
-                    out += region.target.read(a - region.base, w).to_bytes(w, self.byteorder)
+                    out += mmio.read(a - region.base, w).to_bytes(w, self.byteorder)
             else:
                 assert isinstance(region.target, GuestMemory)
                 out += region.target.read(start, n)
@@ -156,11 +280,11 @@ class QtestServer:
             if region is None:
                 continue
             if region.kind == MMIO:
-                assert isinstance(region.target, FrontEnd)
+                mmio = cast(MmioTarget, region.target)
                 for a, w in _pieces(start, n, 8):
                     piece = chunk[a - start : a - start + w]
                     value = int.from_bytes(piece, self.byteorder)
-                    self._emit(region.target.write(a - region.base, w, value))
+                    self._emit(mmio.write(a - region.base, w, value))
             elif region.kind == RAM:
                 assert isinstance(region.target, GuestMemory)
                 region.target.write(start, chunk)
@@ -236,7 +360,35 @@ class QtestServer:
         if cmd == "endianness":
             self._args(words, 0)
             return f"OK {self.byteorder}"
+        if cmd == "clock_step" and self.clock is not None:
+            if len(words) > 2:
+                raise _Fail("clock_step takes at most 1 argument")
+            step = _signed(words[1], "step") if len(words) == 2 else None
+            return f"OK {self.clock.step(step)}"
+        if cmd == "clock_set" and self.clock is not None:
+            (t,) = self._args(words, 1)
+            return f"OK {self.clock.set(_signed(t, 'time'))}"
+        if cmd == "set_irq_in":
+            path, name, n, level = self._args(words, 4)
+            inputs = self._device(path)
+            if name != UNNAMED_GPIO_IN:
+                raise _Fail(f"no gpio-in list {name!r} on {path}")
+            num = _signed(n, "irq number", 32)
+            if not 0 <= num < inputs.count:
+                raise _Fail(f"irq number {num} is outside 0..{inputs.count - 1}")
+            inputs.set_level(num, _signed(level, "level", 32) != 0)
+            return "OK"
         raise _Fail(f"Unknown command '{cmd}'")
+
+    def _device(self, path: str) -> IrqInputs:
+        """QOM's path resolution: an absolute path, or a partial one that names one device."""
+        if path.startswith("/"):
+            found = [path] if path in self.irq_inputs else []
+        else:
+            found = [p for p in self.irq_inputs if p.endswith("/" + path)]
+        if len(found) != 1:
+            raise _Fail("Unknown device")
+        return self.irq_inputs[found[0]]
 
 
 # --- transports ----------------------------------------------------------------------------

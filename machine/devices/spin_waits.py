@@ -167,7 +167,8 @@ class SpinWaits:
             return lap[n] if n in lap else cpu.gpr(n)
 
         for load in loop.loads:
-            pa = self._engine.translate(load.address(reg), UC_PROT_READ)
+            # (The loop's last lap loaded these: they are in the CPU's TLB.)
+            pa = self._engine.translate(load.address(reg), UC_PROT_READ, mapped=True)
             if pa is None or not self._ram.contains(pa & ~3, 4) \
                     or not self._ram.contains(pa, load.size):
                 return  # not a word of RAM (a device register): let it spin
@@ -192,6 +193,9 @@ class SpinWaits:
             parked.waiters.append(got)
         self._parked[cpu] = parked
         self.parks += 1
+        entry = self._loops.get(loop.start)
+        if entry is not None:
+            entry.fruitless = 0  # (its head's visits led somewhere)
         self._scheduler.park(cpu, wait)
 
     def _stored(self, _value: int, *, cpu: VCpu) -> None:
