@@ -90,6 +90,8 @@ _PPC_TIMER_E500 = 2  # QEMU's PPC_TIMER_E500 flag for ppc_booke_timers_init
 #: it back from another thread in the middle of a context switch).
 _memmove: Any = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                   ctypes.c_size_t)(ctypes._memmove_addr)  # type: ignore[attr-defined]
+#: stwbrx and sthbrx (primary opcode 31): stores whose bytes go to memory least significant first.
+_BYTE_REVERSED_STORES = frozenset({662, 918})
 #: emu_start's "until" address: odd, so no instruction fetch ever reaches it.
 _RUN_FOREVER = 0xFFFF_FFFF
 
@@ -430,9 +432,17 @@ class Engine(GuestEntry, DebugHooks):
 
     def _on_watched_write(self, uc: Any, access: int, address: int, size: int, value: int,
                           _ud: Any) -> bool:
-        assert self.current is not None
+        # unicorn hands over the value, not the bytes, and leaves the store to this hook: a
+        # byte-reversed store (stwbrx, sthbrx: Linux's le32/le16 writes) lands reversed.  The
+        # PC is exact here (unicorn syncs it before calling a memory hook).
+        cpu = self.current
+        assert cpu is not None
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "big")
-        self.host.store(self.current, address, data)
+        if size in (2, 4):
+            insn = self.fetch_insn(cpu.nip, mapped=True)
+            if insn >> 26 == 31 and (insn >> 1) & 0x3FF in _BYTE_REVERSED_STORES:
+                data = data[::-1]
+        self.host.store(cpu, address, data)
         return True
 
     def close(self, cpus: list[VCpu]) -> None:

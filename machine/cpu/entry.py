@@ -58,17 +58,23 @@ class GuestEntry:
     def apply_inputs(self, cpu: VCpu, *, switched: bool = False) -> None:
         """Give the loaded ``cpu``'s interrupt inputs to QEMU (worker thread): the device
         inputs it was given, the timer inputs its TSR and TCR make.  Only the lines whose
-        pending bit differs, unless another CPU was loaded in between (QEMU's interrupt
-        request is not part of a context).  QEMU clears a decrementer's pending bit when it
-        delivers it; one whose TSR[DIS] is still set is raised again here, as the level
-        input of the hardware would be."""
+        pending bit differs; after a switch (QEMU's interrupt request is not part of a
+        context) one more call sets or clears the request for this CPU.  QEMU clears a
+        decrementer's pending bit when it delivers it; one whose TSR[DIS] is still set is
+        raised again here, as the level input of the hardware would be."""
         assert self.current is cpu
         cpu.inputs_dirty = False
         up = levels(cpu)
-        changed = -1 if switched else up ^ self._pending.value
+        changed = up ^ self._pending.value
+        called = False
         for line in LINES:
             if changed >> line & 1:
                 set_irq(self._cpu, line, (up >> line) & 1)
+                called = True  # (and the request is now this CPU's)
+        if switched and not called:
+            # Nothing changed, but the request belongs to the CPU loaded before.
+            line = next((n for n in LINES if up >> n & 1), LINES[0])
+            set_irq(self._cpu, line, (up >> line) & 1)
 
     def set_input(self, line: int, level: bool) -> None:
         """One input of the loaded CPU, from a hook: QEMU takes the interrupt at the next

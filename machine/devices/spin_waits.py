@@ -30,6 +30,7 @@ while (:data:`UNWATCH_AFTER_NS`): stores to a watched page cost a trip through P
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final
@@ -86,6 +87,7 @@ class SpinWaits:
         self._parked: dict[VCpu, _Parked] = {}
         self._pages: dict[int, int] = {}  # page watched for spins -> last park (ns)
         self._stale: list[_Parked] = []
+        self._wakers: dict[VCpu, Callable[[int], None]] = {}
         self._slice = 0
         self._next_sweep = 0
         #: Turned off: nothing is detected or parked (the plain quantum).
@@ -167,10 +169,11 @@ class SpinWaits:
             return lap[n] if n in lap else cpu.gpr(n)
 
         for load in loop.loads:
-            # (The loop's last lap loaded these: they are in the CPU's TLB.)
-            pa = self._engine.translate(load.address(reg), UC_PROT_READ, mapped=True)
-            if pa is None or not self._ram.contains(pa & ~3, 4) \
-                    or not self._ram.contains(pa, load.size):
+            # Not `mapped`: a quantum may have stopped the CPU at the loop's head before its
+            # first lap, with the word not in its TLB yet -- a miss in the middle of its own
+            # TLB-miss handler must not see DEAR or the MAS registers change.
+            pa = self._engine.translate(load.address(reg), UC_PROT_READ)
+            if pa is None or not self._ram.contains(pa, load.size):
                 return  # not a word of RAM (a device register): let it spin
             value = int.from_bytes(self._ram.read(pa, load.size), "big")
             if load.signed and value >> (8 * load.size - 1):
@@ -178,15 +181,21 @@ class SpinWaits:
             lap[load.rt] = value & 0xFFFF_FFFF
             words.add(pa & ~3)
         now = time.monotonic_ns()
-        wait = Wait(resume_pc=cpu.nip, on_kick=lambda c: self._kicked(c))
+        wait = Wait(resume_pc=cpu.nip, on_kick=self._kicked)
         parked = _Parked(wait, now + SPIN_TIMEOUT_NS)
+        wake = self._wakers.get(cpu)
+        if wake is None:
+            wake = self._wakers[cpu] = partial(self._stored, cpu=cpu)
         for pa in sorted(words):
             page = pa & ~(PAGE_SIZE - 1)
-            if page in self._pages or not self._engine.watching(page):
+            if page in self._pages:  # watched for spins already
                 self._pages[page] = now
-            self._engine.watch_page(page)
+            else:
+                if not self._engine.watching(page):
+                    self._pages[page] = now  # ours to release when nobody spins on it
+                self._engine.watch_page(page)
             value = self._ram.read_u32(pa)
-            got = self._watch.arm_unless_changed(pa, value, partial(self._stored, cpu=cpu))
+            got = self._watch.arm_unless_changed(pa, value, wake)
             if isinstance(got, int):  # (a host write landed meanwhile)
                 self._disarm(parked)
                 return

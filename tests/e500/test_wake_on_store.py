@@ -125,3 +125,42 @@ dma_cpu:
     b 2b
 """, smp=2, append="wxyz")
     assert b.result.code == int.from_bytes(b"wxyz", "big")
+
+
+#: Stores of every shape into a watched page (the spin-table page, always watched), compared
+#: with the same stores into an ordinary page: byte-reversed (Linux's le32/le16 writes),
+#: store-multiple, reservation, byte and halfword stores.
+STORE_SHAPES = """
+_start:
+    li32 9, {base}
+    li32 20, 0x01020304
+    li32 21, 0x05060708
+    li32 22, 0x090A0B0C
+    stmw 20, 0(9)
+    li32 4, 0x11223344
+    stwbrx 4, 0, 9
+    li32 4, 0xAABB
+    addi 10, 9, 4
+    sthbrx 4, 0, 10
+    addi 11, 9, 16
+    lwarx 5, 0, 11
+    li32 4, 0xCAFEBABE
+    stwcx. 4, 0, 11
+    li 4, 0x7E
+    stb 4, 21(9)
+    sth 4, 22(9)
+    li 3, 0
+    hcall HC_FW_POWEROFF
+"""
+
+
+async def test_every_kind_of_store_lands_in_a_watched_page_as_anywhere_else() -> None:
+    ram = 256 * 1024 * 1024
+    watched, plain = ram - 4096 + 0x800, 0x0010_0000
+    seen = []
+    for base in (watched, plain):
+        b = await boot(STORE_SHAPES.format(base=base))
+        assert b.result.code == 0, b.result.reason
+        seen.append(b.machine.ram.read(base, 24))
+    assert seen[0] == seen[1]
+    assert seen[0][:8] == bytes.fromhex("44332211bbaa0708")  # reversed bytes stay reversed
