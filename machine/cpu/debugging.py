@@ -10,14 +10,16 @@ stops, i.e. unicorn's mid-block exit check, which the engine otherwise translate
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
 
 from machine.cpu.native import emu_stop
-from machine.cpu.vcpu import Exit, ExitKind, VCpu, Watch, WatchHit
+from machine.cpu.vcpu import DebugState, Exit, ExitKind, VCpu, Watch, WatchHit
 from machine.memory import GuestRAM
 
 
@@ -57,12 +59,12 @@ class DebugHooks:
     # Breakpoints and watchpoints are the same for every vCPU (gdb sets them per process);
     # hooks are limited to their address ranges, so a machine without them pays nothing.
 
-    def _apply_debug(self, cpu: VCpu, pc: int) -> None:
-        d = cpu.debug
-        if not (d.breakpoints or d.watchpoints or d.step or self._bp_hooks or self._wp_hooks
-                or self.debug_mode or d.watch_pc != -1):
-            d.start_pc = d.skip_watch_pc = -1
-            return  # no debugger, or one with nothing set: the common case, kept cheap
+
+    @contextlib.contextmanager
+    def registers_kept(self) -> Iterator[None]:  # (machine/cpu/entry.py has the real one)
+        yield
+
+    def _apply_hooks(self, d: DebugState) -> None:
         uc: Any = self.uc
         for addr in set(self._bp_hooks) - d.breakpoints:
             uc.hook_del(self._bp_hooks.pop(addr))
@@ -93,6 +95,15 @@ class DebugHooks:
             uc.ctl_flush_tb()
         elif d.step:
             uc.ctl_flush_tb()  # a step is counted by instrumentation added at translation
+
+    def _apply_debug(self, cpu: VCpu, pc: int) -> None:
+        d = cpu.debug
+        if not (d.breakpoints or d.watchpoints or d.step or self._bp_hooks or self._wp_hooks
+                or self.debug_mode or d.watch_pc != -1):
+            d.start_pc = d.skip_watch_pc = -1
+            return  # no debugger, or one with nothing set: the common case, kept cheap
+        with self.registers_kept():  # (hooks and flushes drop code through the MMU)
+            self._apply_hooks(d)
         d.start_pc = pc if d.step else -1
         # A watchpoint stops the slice after the store reached memory but before the
         # instruction finished; resuming re-executes it, and that first access must not

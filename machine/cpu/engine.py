@@ -374,6 +374,10 @@ class Engine(GuestEntry, DebugHooks):
             pages, self._pending_watches = self._pending_watches, set()
             stale, self._stale_code = self._stale_code, []
             gone, self._pending_unwatches = self._pending_unwatches, set()
+        with self.registers_kept():  # (splitting a region drops code through the MMU)
+            self._apply(pages, stale, gone)
+
+    def _apply(self, pages: set[int], stale: list[tuple[int, int]], gone: set[int]) -> None:
         for page in sorted(gone):
             self.uc.hook_del(self._watch_hooks.pop(page))
             self.uc.mem_protect(page, PAGE_SIZE, UC_PROT_ALL)

@@ -10,8 +10,9 @@ Everything here runs on the scheduler's worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from unicorn import UC_HOOK_CODE, UC_PROT_EXEC, UC_PROT_READ
@@ -198,20 +199,37 @@ class GuestEntry:
             if self.current is not None:
                 callback(self.current)
 
-        handle = self.uc.hook_add(UC_HOOK_CODE, hook, begin=address, end=address)
-        self.drop_translated(address, address + 4)
+        with self.registers_kept():
+            handle = self.uc.hook_add(UC_HOOK_CODE, hook, begin=address, end=address)
+            self.uc.ctl_remove_cache(address, address + 4)
         return handle
 
     def unhook(self, handle: Any) -> None:
-        self.uc.hook_del(handle)
+        with self.registers_kept():
+            self.uc.hook_del(handle)
 
     def drop_translated(self, start: int, end: int) -> None:
         """Drop translated code for the effective addresses ``[start, end)`` as the loaded
-        CPU maps them (unicorn translates through its MMU, with the same side effects as a
-        probe: they are put back)."""
+        CPU maps them."""
+        with self.registers_kept():
+            self.uc.ctl_remove_cache(start, end)
+
+    @contextlib.contextmanager
+    def registers_kept(self) -> Iterator[None]:
+        """Around an engine call that may drop translated code: unicorn finds the code to
+        drop by translating an address through the loaded CPU's MMU as if fetching it -- a
+        hook's range, a region's *physical* address when ``mem_protect`` splits it -- and a
+        miss writes DEAR, ESR, the MAS registers and the exception detail, as a real miss
+        would.  A vCPU stopped inside its own TLB-miss handler then read a stranger's DEAR
+        (SMP Linux oopsed at 0x0f000000, a watched page's physical address).  They are put
+        back."""
         cpu = self.current
         saved = [cpu.read_spr(n) for n in MISS_SPRS] if cpu is not None else None
-        self.uc.ctl_remove_cache(start, end)
-        if cpu is not None and saved is not None:
-            for n, value in zip(MISS_SPRS, saved, strict=True):
-                cpu.write_spr(n, value)
+        error = self._error_code.value
+        try:
+            yield
+        finally:
+            if cpu is not None and saved is not None:
+                for n, value in zip(MISS_SPRS, saved, strict=True):
+                    cpu.write_spr(n, value)
+            self._error_code.value = error

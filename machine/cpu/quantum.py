@@ -79,6 +79,8 @@ class QuantumTimer:
             raise OSError(ctypes.get_errno(), "timer_create failed")
         self._armed = _spec(period)
         self._off = _spec(0)
+        self._at = _spec(period)
+        self._at_ref = ctypes.byref(self._at)
         self.armed = False
         self._closed = False
 
@@ -93,10 +95,10 @@ class QuantumTimer:
         not the quantum).  The repeats matter: a stop that lands between two engine runs is
         forgotten by unicorn, and a CPU running alone has no quantum to stop it later -- its
         timer interrupt would wait for whatever stopped the engine next."""
-        t = _Timespec(monotonic_ns // 1_000_000_000, monotonic_ns % 1_000_000_000)
+        value = self._at.it_value  # (one struct, refilled: this runs at every timer tick)
+        value.tv_sec, value.tv_nsec = divmod(monotonic_ns, 1_000_000_000)
         self.armed = True
-        _libc.timer_settime(self._timer, _TIMER_ABSTIME,
-                            ctypes.byref(_Itimerspec(self._armed.it_interval, t)), None)
+        _libc.timer_settime(self._timer, _TIMER_ABSTIME, self._at_ref, None)
 
     def disarm(self) -> None:
         if self.armed:

@@ -134,6 +134,7 @@ class _UartWires:
 
     def set_timer(self, deadline_ns: int | None) -> None:
         self._c.uart_deadline = deadline_ns
+        self._c.deadline_moved()
         self._c.host.deadline_changed()
 
 
@@ -158,12 +159,15 @@ class Ccsr:
         self._coreint = False
         self._rx_level = self._tx_level = False
         self._lsr_polls = 0
+        self._deadline: int | None = None
+        self._deadline_dirty = True
 
     # --- accesses (guest loads and stores: worker thread; qtest: trio thread) ----------------
 
     def read(self, offset: int, size: int, cpu: int | None) -> int:
         with self.lock:
             self.accessing = cpu
+            self._deadline_dirty = True
             if MPIC_OFFSET <= offset < MPIC_OFFSET + MPIC_SIZE:
                 return self.mpic.read(offset - MPIC_OFFSET, size, cpu)
             if UART0_OFFSET <= offset < UART0_OFFSET + UART_SIZE:
@@ -179,6 +183,7 @@ class Ccsr:
     def write(self, offset: int, size: int, value: int, cpu: int | None) -> None:
         with self.lock:
             self.accessing = cpu
+            self._deadline_dirty = True
             if MPIC_OFFSET <= offset < MPIC_OFFSET + MPIC_SIZE:
                 self.mpic.write(offset - MPIC_OFFSET, size, value, cpu)
                 if self.mpic.coreint != self._coreint:
@@ -195,20 +200,27 @@ class Ccsr:
     def iack(self, cpu: int) -> int:
         """The core-int acknowledge of ``cpu`` (its EPR load)."""
         with self.lock:
+            self._deadline_dirty = True
             return self.mpic.iack(cpu)
 
     # --- time ---------------------------------------------------------------------------
 
     def next_deadline_ns(self) -> int | None:
-        """When a device next needs :meth:`service` (the clock's ns), or None."""
+        """When a device next needs :meth:`service` (the clock's ns), or None.  Worked out
+        again only after an access, a service or a reset (the worker asks at every slice
+        boundary; the devices are idle most of them)."""
         with self.lock:
-            times = [t for t in (self.mpic.next_deadline_ns(), self.uart_deadline)
-                     if t is not None]
-            return min(times) if times else None
+            if self._deadline_dirty:
+                self._deadline_dirty = False
+                times = [t for t in (self.mpic.next_deadline_ns(), self.uart_deadline)
+                         if t is not None]
+                self._deadline = min(times) if times else None
+            return self._deadline
 
     def service(self) -> None:
         """Fire what came due: MPIC timers, the UART's character timeout."""
         with self.lock:
+            self._deadline_dirty = True
             self.mpic.service()
             due = self.uart_deadline
             if due is not None and self.clock() >= due:
@@ -225,6 +237,9 @@ class Ccsr:
             return True
         ivpr = self.mpic.read(_MPIC_SOURCE0 + SOURCE_STRIDE * UART_IRQ, 4, None)
         return self.uart.wants_input and not ivpr & IVPR_MASK
+
+    def deadline_moved(self) -> None:
+        self._deadline_dirty = True
 
     def offer_input(self) -> None:
         """Move typed bytes into the UART's receiver as far as it takes them (lock held), if
@@ -257,6 +272,8 @@ class Ccsr:
         arrived or was taken, or output was queued or delivered)."""
         with self.lock:
             rx, tx = self.host.console_levels()
+            if (rx, tx) != (self._rx_level, self._tx_level):
+                self._deadline_dirty = True  # (the MPIC brings its timers up to date)
             if rx != self._rx_level:
                 self._rx_level = rx
                 self.mpic.set_source(BYTE_CHANNEL_RX_IRQ, rx)
@@ -270,6 +287,7 @@ class Ccsr:
         """Every device to its power-on state (the machine's reset)."""
         with self.lock:
             self.accessing = None
+            self._deadline_dirty = True
             self.mpic.reset()
             self.guts.reset()
             self.gpio.reset()
