@@ -64,6 +64,7 @@ class VcpuHooks:
 
     def store(self, cpu: VCpu, addr: int, data: bytes) -> None:
         self._m.watch.store(addr, data)
+        self._m.spins.stored(addr)
 
     def doze(self, cpu: VCpu, resume_pc: int) -> None:
         self._m.doze_in_slice(cpu, resume_pc)

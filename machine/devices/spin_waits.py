@@ -24,7 +24,9 @@ How a spin is found and parked (all on the scheduler's worker thread):
    (:data:`SPIN_TIMEOUT_NS`), so a loop misjudged as a spin costs a pause, never a hang.
 
 Pages watched for spins go back to the engine's fast path once nobody has spun on them for a
-while (:data:`UNWATCH_AFTER_NS`): stores to a watched page cost a trip through Python.
+while (:data:`UNWATCH_AFTER_NS`), or at once if other stores keep hitting them
+(:data:`STORE_BUDGET`): a store to a watched page costs a trip through Python, and a spinner
+polling a word on a page that hot is left to spin.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ from machine.platform import PAGE_SIZE
 SPIN_TIMEOUT_NS: Final = 20_000_000
 #: A page watched for spins is released when nobody has parked on it for this long.
 UNWATCH_AFTER_NS: Final = 200_000_000
+#: A page watched for spins that takes this many stores with no park on it in between is
+#: released and left alone for :data:`HOT_PAGE_NS`: a hot kernel page (a runqueue, jiffies)
+#: costs a trip through Python per store while watched, far more than its spinners save.
+STORE_BUDGET: Final = 64
+HOT_PAGE_NS: Final = 1_000_000_000
 #: PCs found not to be in a polling loop are remembered, up to this many.
 _NEGATIVE_LIMIT: Final = 4096
 #: A loop head visited this many times without a park is not a wait: its hook goes.
@@ -87,6 +94,8 @@ class SpinWaits:
         self._parked: dict[VCpu, _Parked] = {}
         self._pages: dict[int, int] = {}  # page watched for spins -> last park (ns)
         self._stale: list[_Parked] = []
+        self._stores: dict[int, int] = {}  # page watched for spins -> stores since a park
+        self._hot: dict[int, int] = {}  # page -> until when it is left alone (ns)
         self._wakers: dict[VCpu, Callable[[int], None]] = {}
         self._slice = 0
         self._next_sweep = 0
@@ -181,6 +190,12 @@ class SpinWaits:
             lap[load.rt] = value & 0xFFFF_FFFF
             words.add(pa & ~3)
         now = time.monotonic_ns()
+        for pa in words:
+            until = self._hot.get(pa & ~(PAGE_SIZE - 1))
+            if until is not None:
+                if now < until:
+                    return  # a hot page: let it spin
+                del self._hot[pa & ~(PAGE_SIZE - 1)]
         wait = Wait(resume_pc=cpu.nip, on_kick=self._kicked)
         parked = _Parked(wait, now + SPIN_TIMEOUT_NS)
         wake = self._wakers.get(cpu)
@@ -188,6 +203,7 @@ class SpinWaits:
             wake = self._wakers[cpu] = partial(self._stored, cpu=cpu)
         for pa in sorted(words):
             page = pa & ~(PAGE_SIZE - 1)
+            self._stores[page] = 0
             if page in self._pages:  # watched for spins already
                 self._pages[page] = now
             else:
@@ -241,6 +257,25 @@ class SpinWaits:
             self._watch.disarm(w)
         parked.waiters.clear()
 
+    def stored(self, address: int) -> None:
+        """A guest store into a watched page (worker, in the store hook): a page watched for
+        spins that keeps taking stores nobody waits for is released (:data:`STORE_BUDGET`)."""
+        page = address & ~(PAGE_SIZE - 1)
+        count = self._stores.get(page)
+        if count is None:
+            return
+        if count < STORE_BUDGET:
+            self._stores[page] = count + 1
+            return
+        if any(w.address & ~(PAGE_SIZE - 1) == page
+               for p in self._parked.values() for w in p.waiters):
+            return  # someone waits on it: released once nobody does
+        del self._stores[page]
+        self._hot[page] = time.monotonic_ns() + HOT_PAGE_NS
+        if page in self._pages:
+            del self._pages[page]
+            self._engine.unwatch_page(page)
+
     def interrupt(self, cpu: VCpu) -> None:
         """An input of ``cpu`` came up (any thread): a spinner that would take it wakes."""
         if cpu in self._parked and has_work(cpu):
@@ -269,6 +304,7 @@ class SpinWaits:
             for page, last in list(self._pages.items()):
                 if page not in busy and now - last > UNWATCH_AFTER_NS:
                     del self._pages[page]
+                    self._stores.pop(page, None)
                     self._engine.unwatch_page(page)
 
     def statistics(self) -> dict[str, Any]:

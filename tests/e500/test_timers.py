@@ -72,7 +72,9 @@ async def test_a_cpu_dozing_in_msr_we_wakes_for_each_of_250_ticks_a_second() -> 
 
 
 #: CPU 1 sets its timebase to 2^40 + 5 (mttbu, mttbl); each CPU then reads its timebase and
-#: decrementer twice, 1,000 loop turns apart, and stores what it saw.
+#: decrementer twice, 1,000 loop turns apart, each DEC read bracketed by two timebase reads
+#: (so the check below holds even if the CPU is switched out between two reads), and stores
+#: what it saw: TBU, TBL, DEC, TBL after; TBL, DEC, TBL after.
 TIMEBASES = f"""
 _start:
     cmpwi 3, 1
@@ -86,21 +88,22 @@ _start:
     mftbu 5
     mftb 6
     mfspr 7, 22
+    mftb 8
     li 9, 1000
     mtctr 9
 2:  bdnz 2b
-    mftbu 8
     mftb 9
     mfspr 10, 22
-    li32 11, {RESULTS}
-    slwi 12, 3, 5
-    add 11, 11, 12
-    stmw 5, 0(11)               /* r5..r10 */
+    mftb 11
+    li32 12, {RESULTS}
+    slwi 13, 3, 5
+    add 12, 12, 13
+    stmw 5, 0(12)               /* r5..r11 */
     li 13, 1
-    stw 13, 24(11)
+    stw 13, 28(12)
     cmpwi 3, 0
     bne 4f
-3:  lwz 4, 32+24(11)            /* wait for CPU 1's results */
+3:  lwz 4, 32+28(12)            /* wait for CPU 1's results */
     cmpwi 4, 0
     beq 3b
     li 3, 0
@@ -113,13 +116,15 @@ _start:
 async def test_each_cpu_has_its_own_timebase_and_reads_are_exact() -> None:
     b = await boot(TIMEBASES, smp=2)
     assert b.result.code == 0, b.result.reason
-    seen = [struct.unpack(">6I", b.machine.ram.read(RESULTS + 32 * i, 24)) for i in (0, 1)]
-    for cpu, (tbu0, tbl0, dec0, tbu1, tbl1, dec1) in enumerate(seen):
-        t0, t1 = tbu0 << 32 | tbl0, tbu1 << 32 | tbl1
-        assert t1 > t0, f"cpu {cpu}: the timebase moved between two reads"
+    seen = [struct.unpack(">7I", b.machine.ram.read(RESULTS + 32 * i, 28)) for i in (0, 1)]
+    for cpu, (_tbu, tbl0, dec0, after0, tbl1, dec1, after1) in enumerate(seen):
+        assert (tbl1 - tbl0) & 0xFFFF_FFFF > 0, f"cpu {cpu}: the timebase moved"
         assert dec1 < dec0 <= 100_000_000, f"cpu {cpu}: the decrementer counts down"
-        # Both move at the same 400 MHz clock: what the timebase gained, DEC lost (the reads
-        # are not simultaneous, hence the slack of a few microseconds).
-        assert abs((t1 - t0) - (dec0 - dec1)) < 4_000
+        # Both move at the same 400 MHz clock: what DEC lost between its two reads lies
+        # between the timebase gained from the inner and from the outer bracketing reads.
+        lost = dec0 - dec1
+        assert (tbl1 - after0) & 0xFFFF_FFFF <= lost <= (after1 - tbl0) & 0xFFFF_FFFF, \
+            f"cpu {cpu}: DEC lost {lost} ticks, the timebase moved " \
+            f"{(tbl1 - after0) & 0xFFFF_FFFF}..{(after1 - tbl0) & 0xFFFF_FFFF}"
     assert seen[1][0] == 0x100, "CPU 1's write set only its own timebase"
     assert seen[0][0] == 0
