@@ -8,6 +8,9 @@ how QEMU 7.2 hangs at "smp: Bringing up secondary CPUs".
 
 How a spin is found and parked (all on the scheduler's worker thread):
 
+Only supervisor code is looked at (firmware, kernels): a user address may hold another process's
+code by the next time it runs.
+
 1. **Found at a quantum's end.**  When a slice ends while other vCPUs wanted to run, the PC is
    looked at: :func:`machine.cpu.spinloop.find_loop` says whether it sits in a pure polling loop
    (loads, compares, branches; nothing else).  A loop found is remembered, and the engine calls
@@ -57,6 +60,7 @@ UNWATCH_AFTER_NS: Final = 200_000_000
 #: costs a trip through Python per store while watched, far more than its spinners save.
 STORE_BUDGET: Final = 64
 HOT_PAGE_NS: Final = 1_000_000_000
+_MSR_PR = 0x4000
 #: PCs found not to be in a polling loop are remembered, up to this many.
 _NEGATIVE_LIMIT: Final = 4096
 #: A loop head visited this many times without a park is not a wait: its hook goes.
@@ -112,8 +116,8 @@ class SpinWaits:
         was caught spinning, or look whether a quantum caught it in a polling loop."""
         self._slice += 1
         loop = self._flagged.pop(cpu, None)
-        if not self.enabled or self._engine.debug_mode:
-            return
+        if not self.enabled or self._engine.debug_mode or cpu.msr & _MSR_PR:
+            return  # (user code: the same address may hold another process's code)
         pc = cpu.nip
         if loop is None and company:
             loop = self._loop_at(pc)
@@ -144,6 +148,8 @@ class SpinWaits:
     # --- the loop-head hook (inside a slice) --------------------------------------------------
 
     def _at_head(self, cpu: VCpu, *, entry: _Loop) -> None:
+        if cpu.msr & _MSR_PR:
+            return
         loop = entry.loop
         inputs = (cpu.cr, *(cpu.gpr(r) for r in loop.inputs))
         seen = (loop.start, self._slice, inputs)
