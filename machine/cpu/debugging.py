@@ -40,6 +40,8 @@ class DebugHooks:
         self.stop_requested = False
         #: Debug mode: when the block hook stops the slice (CLOCK_MONOTONIC ns; 0 = never).
         self.block_deadline_ns = 0
+        #: The slice is a single step that has not reached its first block yet.
+        self.stepping_first_block = False
         self._block_hook: int | None = None
         self._bp_hooks: dict[int, int] = {}
         self._wp_hooks: dict[Watch, int] = {}
@@ -51,6 +53,11 @@ class DebugHooks:
         """Debug mode only: at a block's start, before any of its instructions, carry out a
         requested stop or a due deadline (the quantum, a timer) -- the boundary-only
         preemption that no_exit_request gives otherwise."""
+        if self.stepping_first_block:
+            # A single step always runs its one instruction: a stop or deadline waits for the
+            # next slice (stopping here reported a step that had not moved).
+            self.stepping_first_block = False
+            return
         deadline = self.block_deadline_ns
         if self.stop_requested or (deadline and time.monotonic_ns() >= deadline):
             self.stop_requested = False

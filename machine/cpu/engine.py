@@ -282,6 +282,7 @@ class Engine(GuestEntry, DebugHooks):
         self._rom_store = False
         err: UcError | None = None
         try:
+            self.stepping_first_block = cpu.debug.step
             self.uc.emu_start(pc, _RUN_FOREVER, 0, 1 if cpu.debug.step else 0)
         except UcError as e:
             err = e

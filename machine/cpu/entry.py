@@ -54,6 +54,9 @@ class GuestEntry:
     def stop_with(self, exit_: Exit) -> None:
         raise NotImplementedError
 
+    def stop(self) -> None:
+        raise NotImplementedError
+
     # --- interrupt inputs of the loaded vCPU -------------------------------------------------
 
     def apply_inputs(self, cpu: VCpu, *, switched: bool = False) -> None:
@@ -82,7 +85,7 @@ class GuestEntry:
         block boundary (the slice ends there, which is what makes it look)."""
         set_irq(self._cpu, line, int(level))
         if level:
-            emu_stop(self.handle)
+            self.stop()  # (under a debugger, at the next block: never inside an instruction)
 
     def set_epr_proxy(self, cpu: VCpu, on: bool) -> None:
         """Core-int mode for ``cpu`` (the MPIC's GCR sets it): its external interrupt entry
