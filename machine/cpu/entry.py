@@ -162,19 +162,11 @@ class GuestEntry:
         load read), so it cannot miss and nothing needs saving."""
         out = ctypes.c_uint64()
         if mapped:
-            if vmem_translate(self.handle, addr, prot, ctypes.byref(out)) != 0:
-                return None
-            return int(out.value)
-        cpu = self.current
-        saved = [cpu.read_spr(n) for n in MISS_SPRS] if cpu is not None else None
-        error = self._error_code.value
-        if vmem_translate(self.handle, addr, prot, ctypes.byref(out)) != 0:
-            if cpu is not None and saved is not None:
-                for n, value in zip(MISS_SPRS, saved, strict=True):
-                    cpu.write_spr(n, value)
-            self._error_code.value = error
-            return None
-        return int(out.value)
+            failed = vmem_translate(self.handle, addr, prot, ctypes.byref(out)) != 0
+        else:
+            with self.registers_kept():
+                failed = vmem_translate(self.handle, addr, prot, ctypes.byref(out)) != 0
+        return None if failed else int(out.value)
 
     def fetch_insn(self, addr: int, *, mapped: bool = False) -> int:
         """The instruction word at ``addr`` as the loaded CPU fetches it (through its MMU):
